@@ -1,0 +1,1 @@
+"""cnn-vis: Inceptionism images by gradient ascent on the pixels of a CNN's input."""
