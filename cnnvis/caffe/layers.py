@@ -1,0 +1,338 @@
+"""Caffe layers as PyTorch operations, with Caffe's exact semantics.
+
+Each supported layer type has a builder: given the layer's message and the shapes of
+its bottom blobs, it returns a `LayerPlan` naming the parameter blobs the layer needs
+(shapes, and how to initialise them when no weights are given) and a function that
+makes the `CaffeLayer` module from those blobs. Where Caffe and PyTorch differ (pooling's
+output size and average divisor, LRN within a channel, legacy blob shapes), the code
+follows Caffe and says so.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial, reduce
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from cnnvis.caffe import caffe_pb2 as pb
+from cnnvis.errors import UserError
+
+Shape = tuple[int, ...]
+Op = Callable[..., torch.Tensor | tuple[torch.Tensor, ...]]
+
+
+class CaffeLayer(torch.nn.Module):
+    """One Caffe layer: `op(*bottoms, *blobs)`, with the parameter blobs held as buffers.
+
+    Buffers (not parameters) so that no parameter gradient can ever be computed, and so
+    that `.to(device)` moves them.
+    """
+
+    def __init__(self, name: str, op: Op, blobs: list[torch.Tensor]):
+        super().__init__()
+        self.name = name
+        self.op = op
+        self.num_blobs = len(blobs)
+        for i, blob in enumerate(blobs):
+            self.register_buffer(f"blob{i}", blob)
+
+    def forward(self, *bottoms: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        blobs = [getattr(self, f"blob{i}") for i in range(self.num_blobs)]
+        tops = self.op(*bottoms, *blobs)
+        return tops if isinstance(tops, tuple) else (tops,)
+
+
+@dataclass(frozen=True)
+class BlobSpec:
+    """A parameter blob a layer needs: its shape and its initial value when no weights are given."""
+
+    shape: Shape
+    init: str  # "fan_in" (Gaussian, std sqrt(2 / fan_in)), "zeros" or "ones"
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    blobs: list[BlobSpec]
+    # Makes the layer's op from its blobs (as float32 tensors of the declared shapes).
+    make_op: Callable[[list[torch.Tensor]], tuple[Op, list[torch.Tensor]]]
+
+
+def _error(layer: pb.LayerParameter, problem: str) -> UserError:
+    return UserError(f"layer '{layer.name}' ({layer.type}): {problem}. Fix the prototxt.")
+
+
+def _pair(layer, repeated, single_h: int, single_w: int, has_hw: bool, default: int, what: str):
+    """Caffe's (h, w) resolution of kernel/stride/pad: the _h/_w fields, else 1 or 2 values, else default."""
+    if has_hw:
+        return single_h, single_w
+    values = list(repeated)
+    if len(values) == 0:
+        return default, default
+    if len(values) == 1:
+        return values[0], values[0]
+    if len(values) == 2:
+        return values[0], values[1]
+    raise _error(layer, f"{what} has {len(values)} values; 2-D layers take 1 or 2")
+
+
+def _positive(layer, **values: int) -> None:
+    for name, value in values.items():
+        if value < 1:
+            raise _error(layer, f"{name} must be at least 1, not {value}")
+
+
+def _keep(op: Op) -> Callable[[list[torch.Tensor]], tuple[Op, list[torch.Tensor]]]:
+    """make_op for layers that use their blobs as they are."""
+    return lambda blobs: (op, blobs)
+
+
+# ---------------------------------------------------------------- builders
+
+
+def _convolution(layer, bottoms: list[Shape]) -> LayerPlan:
+    p = layer.convolution_param
+    kh, kw = _pair(layer, p.kernel_size, p.kernel_h, p.kernel_w,
+                   p.HasField("kernel_h") or p.HasField("kernel_w"), 0, "kernel_size")
+    sh, sw = _pair(layer, p.stride, p.stride_h, p.stride_w,
+                   p.HasField("stride_h") or p.HasField("stride_w"), 1, "stride")
+    ph, pw = _pair(layer, p.pad, p.pad_h, p.pad_w,
+                   p.HasField("pad_h") or p.HasField("pad_w"), 0, "pad")
+    dilation = list(p.dilation) or [1]
+    dh, dw = (dilation * 2)[:2] if len(dilation) == 1 else dilation[:2]
+    _positive(layer, kernel=min(kh, kw), stride=min(sh, sw), dilation=min(dh, dw),
+              num_output=p.num_output, group=p.group)
+    channels = bottoms[0][1]
+    if channels % p.group or p.num_output % p.group:
+        raise _error(layer, f"group {p.group} must divide both the input channels ({channels}) "
+                            f"and num_output ({p.num_output})")
+    blobs = [BlobSpec((p.num_output, channels // p.group, kh, kw), "fan_in")]
+    if p.bias_term:
+        blobs.append(BlobSpec((p.num_output,), "zeros"))
+    conv = partial(F.conv2d, stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw), groups=p.group)
+    return LayerPlan(blobs, _keep(lambda x, w, b=None: conv(x, w, b)))
+
+
+def caffe_pooled_size(size: int, kernel: int, stride: int, pad: int, ceil: bool) -> int:
+    """Caffe's pooling output size: ceil rounding, and no window that starts in the padding."""
+    span = size + 2 * pad - kernel
+    pooled = (-(-span // stride) if ceil else span // stride) + 1
+    if pad and (pooled - 1) * stride >= size + pad:
+        pooled -= 1
+    return pooled
+
+
+def _pooling(layer, bottoms: list[Shape]) -> LayerPlan:
+    p = layer.pooling_param
+    if p.pool == pb.PoolingParameter.STOCHASTIC:
+        raise _error(layer, "STOCHASTIC pooling is not supported; use MAX or AVE")
+    ceil = p.round_mode == pb.PoolingParameter.CEIL
+    average = p.pool == pb.PoolingParameter.AVE
+    if p.global_pooling:  # the window is the whole input, whatever its size at run time
+        return LayerPlan([], _keep(lambda x: caffe_pool(
+            x, kernel=tuple(x.shape[-2:]), stride=(1, 1), pad=(0, 0), ceil=ceil, average=average)))
+    kh, kw = _pair(layer, [p.kernel_size] if p.HasField("kernel_size") else [],
+                   p.kernel_h, p.kernel_w, p.HasField("kernel_h") or p.HasField("kernel_w"),
+                   0, "kernel_size")
+    sh, sw = _pair(layer, [p.stride], p.stride_h, p.stride_w,
+                   p.HasField("stride_h") or p.HasField("stride_w"), 1, "stride")
+    ph, pw = _pair(layer, [p.pad], p.pad_h, p.pad_w,
+                   p.HasField("pad_h") or p.HasField("pad_w"), 0, "pad")
+    _positive(layer, kernel=min(kh, kw), stride=min(sh, sw))
+    if ph >= kh or pw >= kw:
+        raise _error(layer, f"pad ({ph}, {pw}) must be smaller than the kernel ({kh}, {kw})")
+    return LayerPlan([], _keep(partial(
+        caffe_pool, kernel=(kh, kw), stride=(sh, sw), pad=(ph, pw), ceil=ceil, average=average)))
+
+
+def caffe_pool(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
+               pad: tuple[int, int], ceil: bool, average: bool) -> torch.Tensor:
+    """Caffe's MAX/AVE pooling of x (N, C, H, W).
+
+    The input is padded explicitly so that PyTorch's floor-mode pooling yields Caffe's
+    window count. MAX ignores padding (pads with -inf). AVE divides each window's sum by
+    the window's size clipped to the padded image (not to the image, not always k*k).
+    """
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
+    height, width = x.shape[-2:]
+    out_h = caffe_pooled_size(height, kh, sh, ph, ceil)
+    out_w = caffe_pooled_size(width, kw, sw, pw, ceil)
+    extra_h = max(0, (out_h - 1) * sh + kh - height - 2 * ph)  # right/bottom overhang
+    extra_w = max(0, (out_w - 1) * sw + kw - width - 2 * pw)
+    padding = (pw, pw + extra_w, ph, ph + extra_h)
+    if not average:
+        padded = F.pad(x, padding, value=-math.inf)
+        return F.max_pool2d(padded, (kh, kw), (sh, sw))[..., :out_h, :out_w]
+    sums = F.avg_pool2d(F.pad(x, padding), (kh, kw), (sh, sw), divisor_override=1)
+    sums = sums[..., :out_h, :out_w]
+    return sums / _window_sizes(out_h, kh, sh, ph, height, x)[:, None] \
+        / _window_sizes(out_w, kw, sw, pw, width, x)[None, :]
+
+
+def _window_sizes(count: int, kernel: int, stride: int, pad: int, size: int, like: torch.Tensor):
+    starts = torch.arange(count, device=like.device) * stride - pad
+    ends = torch.clamp(starts + kernel, max=size + pad)
+    return (ends - starts).to(like.dtype)
+
+
+def _relu(layer, bottoms: list[Shape]) -> LayerPlan:
+    slope = layer.relu_param.negative_slope
+    op = F.relu if slope == 0 else partial(F.leaky_relu, negative_slope=slope)
+    return LayerPlan([], _keep(op))
+
+
+def _lrn(layer, bottoms: list[Shape]) -> LayerPlan:
+    p = layer.lrn_param
+    if p.local_size % 2 == 0:
+        raise _error(layer, f"local_size must be odd, not {p.local_size}")
+    if p.norm_region == pb.LRNParameter.ACROSS_CHANNELS:
+        # y = x / (k + alpha/n * sum over n neighbouring channels of x^2)^beta, as in Caffe.
+        op = partial(F.local_response_norm, size=p.local_size, alpha=p.alpha, beta=p.beta, k=p.k)
+    else:
+        op = partial(_lrn_within_channel, size=p.local_size, alpha=p.alpha, beta=p.beta)
+    return LayerPlan([], _keep(op))
+
+
+def _lrn_within_channel(x: torch.Tensor, size: int, alpha: float, beta: float) -> torch.Tensor:
+    # Caffe builds this from a zero-padded size x size average of x^2 and a Power layer
+    # with shift 1: the `k` parameter is not used here.
+    mean_square = F.avg_pool2d(x * x, size, stride=1, padding=(size - 1) // 2,
+                               count_include_pad=True)
+    return x * (1 + alpha * mean_square).pow(-beta)
+
+
+def _axis(layer, axis: int, ndim: int, what: str = "axis") -> int:
+    if not -ndim <= axis < ndim:
+        raise _error(layer, f"{what} {axis} is out of range for a {ndim}-D blob")
+    return axis % ndim
+
+
+def _concat(layer, bottoms: list[Shape]) -> LayerPlan:
+    p = layer.concat_param
+    axis = _axis(layer, p.axis if p.HasField("axis") or not p.HasField("concat_dim")
+                 else p.concat_dim, len(bottoms[0]))
+    for shape in bottoms[1:]:
+        if len(shape) != len(bottoms[0]) or any(
+                a != b for i, (a, b) in enumerate(zip(shape, bottoms[0])) if i != axis):
+            raise _error(layer, f"bottom shapes {bottoms} differ outside the concat axis {axis}")
+    return LayerPlan([], _keep(lambda *xs: torch.cat(xs, dim=axis)))
+
+
+def _inner_product(layer, bottoms: list[Shape]) -> LayerPlan:
+    p = layer.inner_product_param
+    _positive(layer, num_output=p.num_output)
+    axis = _axis(layer, p.axis, len(bottoms[0]))
+    fan_in = math.prod(bottoms[0][axis:])
+    weight = (fan_in, p.num_output) if p.transpose else (p.num_output, fan_in)
+    blobs = [BlobSpec(weight, "fan_in")]
+    if p.bias_term:
+        blobs.append(BlobSpec((p.num_output,), "zeros"))
+
+    def make_op(tensors):
+        w = tensors[0].t() if p.transpose else tensors[0]
+        return (lambda x, w, b=None: F.linear(x.flatten(axis), w, b)), [w.contiguous()] + tensors[1:]
+    return LayerPlan(blobs, make_op)
+
+
+def _dropout(layer, bottoms: list[Shape]) -> LayerPlan:
+    return LayerPlan([], _keep(lambda x: x))  # identity at test time (Caffe scales while training)
+
+
+def _softmax(layer, bottoms: list[Shape]) -> LayerPlan:
+    axis = _axis(layer, layer.softmax_param.axis, len(bottoms[0]))
+    return LayerPlan([], _keep(partial(torch.softmax, dim=axis)))
+
+
+def _flatten(layer, bottoms: list[Shape]) -> LayerPlan:
+    ndim = len(bottoms[0])
+    start = _axis(layer, layer.flatten_param.axis, ndim)
+    end = _axis(layer, layer.flatten_param.end_axis, ndim, "end_axis")
+    return LayerPlan([], _keep(partial(torch.flatten, start_dim=start, end_dim=end)))
+
+
+def _split(layer, bottoms: list[Shape]) -> LayerPlan:
+    copies = len(layer.top)
+    return LayerPlan([], _keep(lambda x: (x,) * copies))
+
+
+def _batch_norm(layer, bottoms: list[Shape]) -> LayerPlan:
+    p = layer.batch_norm_param
+    channels = bottoms[0][1]
+    # Caffe's default at test time: use the stored statistics.
+    use_global = p.use_global_stats if p.HasField("use_global_stats") else True
+    blobs = [BlobSpec((channels,), "zeros"), BlobSpec((channels,), "ones"), BlobSpec((1,), "ones")]
+    shape = (1, channels) + (1,) * (len(bottoms[0]) - 2)
+
+    def make_op(tensors):
+        mean, var, factor = tensors
+        # Caffe stores running sums; the third blob is the factor that turns them into averages.
+        scale = 0.0 if float(factor[0]) == 0 else 1.0 / float(factor[0])
+        if use_global:
+            return (lambda x, m, v: (x - m) / torch.sqrt(v + p.eps)), \
+                [(mean * scale).reshape(shape), (var * scale).reshape(shape)]
+
+        def batch_statistics(x):
+            dims = [d for d in range(x.dim()) if d != 1]
+            m = x.mean(dim=dims, keepdim=True)
+            v = ((x - m) ** 2).mean(dim=dims, keepdim=True)
+            return (x - m) / torch.sqrt(v + p.eps)
+        return batch_statistics, []
+    return LayerPlan(blobs, make_op)
+
+
+def _scale(layer, bottoms: list[Shape]) -> LayerPlan:
+    p = layer.scale_param
+    ndim = len(bottoms[0])
+    axis = _axis(layer, p.axis, ndim)
+    if len(bottoms) == 2:  # the scale is the second bottom, not a learned blob
+        covered = len(bottoms[1])
+        blobs = []
+    else:
+        covered = ndim - axis if p.num_axes == -1 else p.num_axes
+        blobs = [BlobSpec(tuple(bottoms[0][axis:axis + covered]), "ones")]
+    param_shape = tuple(bottoms[0][axis:axis + covered])
+    if p.bias_term:
+        blobs.append(BlobSpec(param_shape, "zeros"))
+    view = (1,) * axis + param_shape + (1,) * (ndim - axis - covered)
+
+    def scale_op(x, *rest):
+        out = x * rest[0].reshape(view)
+        return out + rest[1].reshape(view) if len(rest) > 1 else out
+    return LayerPlan(blobs, _keep(scale_op))
+
+
+def _eltwise(layer, bottoms: list[Shape]) -> LayerPlan:
+    p = layer.eltwise_param
+    if any(shape != bottoms[0] for shape in bottoms):
+        raise _error(layer, f"bottom shapes differ: {bottoms}")
+    if p.operation == pb.EltwiseParameter.SUM:
+        coeff = list(p.coeff) or [1.0] * len(bottoms)
+        if len(coeff) != len(bottoms):
+            raise _error(layer, f"{len(coeff)} coeff values for {len(bottoms)} bottoms")
+        return LayerPlan([], _keep(lambda *xs: reduce(
+            torch.add, [x if c == 1 else c * x for c, x in zip(coeff, xs)])))
+    if p.operation == pb.EltwiseParameter.PROD:
+        return LayerPlan([], _keep(lambda *xs: reduce(torch.mul, xs)))
+    # MAX: on ties Caffe routes the gradient to the first bottom (torch.maximum would split it).
+    return LayerPlan([], _keep(lambda *xs: reduce(lambda a, b: torch.where(b > a, b, a), xs)))
+
+
+BUILDERS: dict[str, Callable[[pb.LayerParameter, list[Shape]], LayerPlan]] = {
+    "Convolution": _convolution,
+    "Pooling": _pooling,
+    "ReLU": _relu,
+    "LRN": _lrn,
+    "Concat": _concat,
+    "InnerProduct": _inner_product,
+    "Dropout": _dropout,
+    "Softmax": _softmax,
+    "Flatten": _flatten,
+    "Split": _split,
+    "BatchNorm": _batch_norm,
+    "Scale": _scale,
+    "Eltwise": _eltwise,
+    "Sigmoid": lambda layer, bottoms: LayerPlan([], _keep(torch.sigmoid)),
+    "TanH": lambda layer, bottoms: LayerPlan([], _keep(torch.tanh)),
+}

@@ -1,0 +1,183 @@
+"""A Caffe network on PyTorch that runs to any named blob, as Caffe names them."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnvis.caffe import caffe_pb2 as pb
+from cnnvis.caffe.layers import BUILDERS, BlobSpec, CaffeLayer
+from cnnvis.caffe.reader import blob_array, read_caffemodel, read_prototxt
+from cnnvis.errors import UserError
+
+BlobVersion = tuple[str, int]  # a blob name and how many layers have written it so far
+
+
+@dataclass(frozen=True)
+class _Step:
+    layer: int                    # index into CaffeNet.layers
+    bottoms: list[BlobVersion]
+    tops: list[BlobVersion]
+
+
+def _included_in_test_phase(layer: pb.LayerParameter) -> bool:
+    """Caffe's NetStateRule filtering for a deploy net (phase TEST, level 0, no stages)."""
+    def met(rule: pb.NetStateRule) -> bool:
+        return ((not rule.HasField("phase") or rule.phase == pb.TEST)
+                and (not rule.HasField("min_level") or rule.min_level <= 0)
+                and (not rule.HasField("max_level") or rule.max_level >= 0)
+                and not rule.stage)
+    if layer.include:
+        return any(met(rule) for rule in layer.include)
+    return not any(met(rule) for rule in layer.exclude)
+
+
+class CaffeNet(torch.nn.Module):
+    """A Caffe deploy network whose blobs can be computed by name.
+
+    A layer whose top equals its bottom works in place, as in Caffe: the blob name then
+    refers to the value after the in-place layer (so `conv1` is post-ReLU when a ReLU
+    writes `conv1` in place). `forward(x, target)` runs only the layers that `target`
+    depends on. Weights are buffers: no parameter gradient is ever computed.
+    """
+
+    def __init__(self, net: pb.NetParameter, weights: dict[str, list[pb.BlobProto]] | None,
+                 seed: int = 0):
+        """Build from a parsed network; `weights` from a caffemodel, or None for random
+        weights (drawn from `seed`, for architecture-only uses such as benchmarks)."""
+        super().__init__()
+        self.name = net.name
+        layers = [layer for layer in net.layer if _included_in_test_phase(layer)]
+        inputs = [layer for layer in layers if layer.type == "Input"]
+        if not inputs or not inputs[0].input_param.shape:
+            raise UserError("the prototxt declares no input shape; add an Input layer with "
+                            "input_param { shape { dim: 1 dim: 3 dim: H dim: W } }.")
+        self.input_name = inputs[0].top[0]
+        input_shape = tuple(int(d) for d in inputs[0].input_param.shape[0].dim)
+        if len(input_shape) != 4:
+            raise UserError(f"the input blob '{self.input_name}' has shape {input_shape}; "
+                            "cnn-vis needs an image input (num, channels, height, width).")
+        self.input_shape = input_shape[1:]
+        self.input_size = input_shape[2:]
+        generator = torch.Generator().manual_seed(seed)
+
+        versions: dict[str, int] = {self.input_name: 0}
+        shapes: dict[BlobVersion, tuple[int, ...]] = {(self.input_name, 0): (1,) + self.input_shape}
+        self.layers = torch.nn.ModuleList()
+        self._steps: list[_Step] = []
+        self.blob_names: list[str] = []
+        for layer in layers:
+            if layer.type == "Input":
+                continue
+            builder = BUILDERS.get(layer.type)
+            if builder is None:
+                raise UserError(
+                    f"layer '{layer.name}' has type '{layer.type}', which cnn-vis does not support "
+                    f"(supported: {', '.join(sorted(BUILDERS))}). Remove it from the prototxt.")
+            for name in layer.bottom:
+                if name not in versions:
+                    raise UserError(f"layer '{layer.name}' reads blob '{name}', which no earlier "
+                                    "layer produces. Fix its bottom in the prototxt.")
+            if not layer.top:
+                raise UserError(f"layer '{layer.name}' has no top blob. Fix the prototxt.")
+            bottoms = [(name, versions[name]) for name in layer.bottom]
+            plan = builder(layer, [shapes[b] for b in bottoms])
+            blobs = self._layer_blobs(layer, plan.blobs, weights, generator)
+            op, buffers = plan.make_op(blobs)
+            try:  # shape inference on the meta device: no memory, no arithmetic
+                top_values = CaffeLayer(layer.name, op, [b.to("meta") for b in buffers])(
+                    *[torch.empty(shapes[b], device="meta") for b in bottoms])
+            except RuntimeError as error:
+                raise UserError(f"layer '{layer.name}' ({layer.type}) cannot take bottom shapes "
+                                f"{[shapes[b] for b in bottoms]}: {error}. Fix the prototxt.") from None
+            tops = []
+            for name, value in zip(layer.top, top_values):
+                versions[name] = versions.get(name, -1) + 1
+                tops.append((name, versions[name]))
+                shapes[tops[-1]] = tuple(value.shape)
+                if name not in self.blob_names and name != self.input_name:
+                    self.blob_names.append(name)
+            self.layers.append(CaffeLayer(layer.name, op, buffers))
+            self._steps.append(_Step(len(self.layers) - 1, bottoms, tops))
+        self._final: dict[str, BlobVersion] = {name: (name, v) for name, v in versions.items()}
+        self._plans: dict[str, list[_Step]] = {}
+
+    @staticmethod
+    def _layer_blobs(layer: pb.LayerParameter, specs: list[BlobSpec],
+                     weights: dict[str, list[pb.BlobProto]] | None,
+                     generator: torch.Generator) -> list[torch.Tensor]:
+        if weights is None:
+            return [_initial_blob(spec, generator) for spec in specs]
+        stored = weights.get(layer.name, [])
+        if not specs:
+            return []
+        if len(stored) != len(specs):
+            raise UserError(
+                f"layer '{layer.name}' needs {len(specs)} weight blob(s) "
+                f"{[spec.shape for spec in specs]} but the caffemodel has {len(stored)}"
+                f"{'' if stored else ' (no weights under that layer name)'}. "
+                "Use the caffemodel that belongs to this prototxt.")
+        blobs = []
+        for i, (spec, blob) in enumerate(zip(specs, stored)):
+            values, shape, legacy = blob_array(blob)
+            # A legacy 4-D blob matches when the expected shape, padded to 4-D with 1s, does.
+            expected = ((1,) * (4 - len(spec.shape)) + spec.shape) if legacy else spec.shape
+            if tuple(shape) != tuple(expected) or values.size != int(np.prod(spec.shape)):
+                raise UserError(
+                    f"layer '{layer.name}': weight blob {i} has shape {tuple(shape)} in the "
+                    f"caffemodel but the prototxt needs {spec.shape}. "
+                    "Use the caffemodel that belongs to this prototxt.")
+            blobs.append(torch.from_numpy(values.reshape(spec.shape)))
+        return blobs
+
+    def _plan(self, target: str) -> list[_Step]:
+        """The steps that `target`'s final value depends on, in network order."""
+        if target not in self._plans:
+            if target not in self.blob_names:
+                close = difflib.get_close_matches(target, self.blob_names, n=5, cutoff=0.5)
+                hint = f" Did you mean: {', '.join(close)}?" if close else ""
+                raise UserError(f"the network has no blob named '{target}'.{hint} "
+                                "--list_layers shows every blob that can be targeted.")
+            needed = {self._final[target]}
+            plan = []
+            for step in reversed(self._steps):
+                if needed.intersection(step.tops):
+                    plan.append(step)
+                    needed.update(step.bottoms)
+            self._plans[target] = plan[::-1]
+        return self._plans[target]
+
+    def _run(self, x: torch.Tensor, steps: list[_Step]) -> dict[BlobVersion, torch.Tensor]:
+        values = {(self.input_name, 0): x}
+        for step in steps:
+            outputs = self.layers[step.layer](*[values[b] for b in step.bottoms])
+            values.update(zip(step.tops, outputs))
+        return values
+
+    def forward(self, x: torch.Tensor, target: str) -> torch.Tensor:
+        """The blob `target` for input x (N, C, H, W), running only the layers it needs."""
+        return self._run(x, self._plan(target))[self._final[target]]
+
+    def blobs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every blob's final value, in network order."""
+        values = self._run(x, self._steps)
+        return {name: values[self._final[name]] for name in self.blob_names}
+
+
+def _initial_blob(spec: BlobSpec, generator: torch.Generator) -> torch.Tensor:
+    if spec.init == "zeros":
+        return torch.zeros(spec.shape)
+    if spec.init == "ones":
+        return torch.ones(spec.shape)
+    fan_in = int(np.prod(spec.shape[1:])) if len(spec.shape) > 1 else 1
+    return torch.randn(spec.shape, generator=generator) * (2.0 / fan_in) ** 0.5
+
+
+def load_caffe_net(deploy: str | Path, weights: str | Path | None = None, seed: int = 0) -> CaffeNet:
+    """Read a deploy prototxt and (optionally) its caffemodel into an eval-mode CaffeNet."""
+    net = read_prototxt(deploy)
+    stored = read_caffemodel(weights) if weights is not None else None
+    return CaffeNet(net, stored, seed=seed).eval()
