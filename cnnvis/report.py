@@ -1,0 +1,127 @@
+"""What the user sees during a run: progress bar, `print` lines, saved, shown and plotted images.
+
+The only module that imports matplotlib. Where there is no display, `show` and
+`plot_pix` write their figure as a PNG beside the output instead (and say so once).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from cnnvis.imageio import atomic_write, image_to_rgb, intermediate_path, save_png, sibling_path
+from cnnvis.optimizer import Report
+
+ACTIONS = ("print", "save", "show", "plot_pix")
+# Pixels whose values `plot_pix` follows, as fractions of the height and width, so that they
+# stay the same pixels of the picture when the image grows.
+TRACKED_PIXELS = ((0.25, 0.25), (0.25, 0.75), (0.75, 0.25), (0.75, 0.75))
+
+
+def has_display() -> bool:
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+class ConsoleObserver:
+    """Carries out the `--iter_behavior` actions every `output_iter` steps, with a progress bar."""
+
+    def __init__(self, actions: list[str], output_file: Path, mean_bgr: tuple[float, float, float],
+                 rescale: bool, png_text: dict[str, str], total_steps: int,
+                 show_size: tuple[float, float] = (5.0, 5.0)):
+        self.actions = actions
+        self.output_file = Path(output_file)
+        self.mean_bgr = mean_bgr
+        self.rescale = rescale
+        self.png_text = png_text
+        self.show_size = show_size
+        # A progress bar only on a terminal: in a log file it would be a wall of updates.
+        self.bar = tqdm(total=total_steps, unit="step", file=sys.stderr,
+                        disable=not sys.stderr.isatty(), dynamic_ncols=True, leave=False)
+        self.pixel_history: list[np.ndarray] = []   # one (4, 3) array of values per report
+        self._figures: dict[str, object] = {}
+        self._said_no_display = False
+
+    def step_done(self, size_index: int, step: int) -> None:
+        self.bar.set_description(f"size {size_index}", refresh=False)
+        self.bar.update(1)
+
+    def report(self, report: Report) -> None:
+        if "print" in self.actions:
+            self.bar.write(format_report(report), file=sys.stderr)
+        if "save" in self.actions:
+            save_png(intermediate_path(self.output_file, report.size_index, report.step),
+                     self._rgb(report), self.png_text)
+        if "plot_pix" in self.actions:
+            self.pixel_history.append(tracked_pixel_values(report.image))
+            self._draw("pix", self._plot_pixels)
+        if "show" in self.actions:
+            rgb = self._rgb(report)
+            self._draw("show", lambda figure: _show_image(figure, rgb, report))
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def _rgb(self, report: Report) -> np.ndarray:
+        return image_to_rgb(report.image, self.mean_bgr, self.rescale)
+
+    def _draw(self, kind: str, paint) -> None:
+        import matplotlib
+        if not has_display():
+            matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        figure = self._figures.get(kind)
+        if figure is None:
+            figure = self._figures[kind] = plt.figure(figsize=self.show_size)
+        figure.clf()
+        paint(figure)
+        if has_display():
+            plt.pause(0.001)  # draw without blocking the optimisation
+            return
+        path = sibling_path(self.output_file, kind)
+        with atomic_write(path) as file:
+            figure.savefig(file, format="png")
+        if not self._said_no_display:
+            self.bar.write(f"No display: figures are written to {sibling_path(self.output_file, '*')} "
+                           "instead of shown.", file=sys.stderr)
+            self._said_no_display = True
+
+    def _plot_pixels(self, figure) -> None:
+        history = np.stack(self.pixel_history)   # (reports, 4, 3)
+        axes = figure.add_subplot(1, 1, 1)
+        for p, (fy, fx) in enumerate(TRACKED_PIXELS):
+            for c, colour in enumerate("bgr"):
+                axes.plot(history[:, p, c], color=colour, alpha=0.4 + 0.15 * p,
+                          label=f"({fy:g}H, {fx:g}W) {colour.upper()}")
+        axes.set_xlabel("report")
+        axes.set_ylabel("pixel value minus mean colour")
+        axes.legend(fontsize="x-small", ncol=2)
+
+
+def _show_image(figure, rgb: np.ndarray, report: Report) -> None:
+    axes = figure.add_subplot(1, 1, 1)
+    axes.imshow(rgb)
+    axes.set_axis_off()
+    axes.set_title(f"size {report.size_index}/{report.num_sizes}, step {report.step}")
+
+
+def tracked_pixel_values(image) -> np.ndarray:
+    """The values (4, 3) of the TRACKED_PIXELS of an image (1, 3, H, W)."""
+    height, width = image.shape[-2:]
+    return np.array([image[0, :, int(fy * height), int(fx * width)].tolist()
+                     for fy, fx in TRACKED_PIXELS])
+
+
+def format_report(report: Report) -> str:
+    """One compact line: step, size, losses, mean |gradient| of each term, step and image statistics."""
+    height, width = report.image.shape[-2:]
+    gradients = " ".join(f"{name}={value:.3g}" for name, value in report.mean_gradients.items())
+    image = report.image
+    return (f"size {report.size_index}/{report.num_sizes} {height}x{width} step {report.step}: "
+            f"objective={report.objective:.4g} p_loss={report.p_loss:.4g} tv_loss={report.tv_loss:.4g} | "
+            f"|grad| {gradients} | step mean={report.step_mean:.3g} median={report.step_median:.3g} | "
+            f"image mean={float(image.mean()):.3g} std={float(image.std()):.3g}")

@@ -1,0 +1,183 @@
+"""The model zoo: named presets, where their weights come from, and loading them.
+
+A preset is data (a frozen dataclass): architecture, weight files with their URLs and
+checksums, mean colour, input convention, default target layer and class labels.
+Weights that are not present are downloaded on first use into the cache directory
+(`cnnvis.download`). Explicit `--deploy_txt`/`--caffe_model` files override a preset's.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from cnnvis.caffe import CaffeNet, read_caffemodel, read_prototxt
+from cnnvis.download import cache_dir, fetch, unpack_tar
+from cnnvis.efficientnet import EFFICIENTNET_LITE0_DEFAULT_LAYER, EfficientNetLite0, load_efficientnet_lite0
+from cnnvis.errors import UserError
+from cnnvis.googlenet import googlenet_deploy
+from cnnvis.model import InputConvention, VisModel
+from cnnvis.network import BlobNetwork
+
+IMAGENET_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)  # Caffe's ILSVRC-2012 mean
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """A downloadable weights file; `archive` names a .tar.gz that holds it instead."""
+
+    filename: str
+    url: str
+    sha1: str | None = None
+    sha256: str | None = None
+    archive: str | None = None           # file name of the tarball in the cache
+    archive_member: str | None = None    # path of the weights inside the tarball
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    name: str
+    training_data: str
+    input_size: tuple[int, int]
+    mean_bgr: tuple[float, float, float]
+    default_layer: str
+    labels_file: str | None              # class names, in cnnvis/data
+    num_classes: int
+    weights: WeightFile | None = None    # a Caffe model's downloadable weights
+    # A network defined in PyTorch: makes it, with its pretrained weights when asked.
+    pytorch_network: Callable[[bool], BlobNetwork] | None = None
+    convention: InputConvention = InputConvention()
+    caffe_root_files: tuple[str, str] | None = None  # 2015 locations under $CAFFE_ROOT
+
+
+PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
+    ModelPreset(
+        name="bvlc_googlenet", training_data="ImageNet (ILSVRC-2012), 1000 classes",
+        input_size=(224, 224), mean_bgr=IMAGENET_MEAN_BGR,
+        default_layer="inception_4d/3x3_reduce", labels_file="imagenet_labels.txt", num_classes=1000,
+        weights=WeightFile("bvlc_googlenet.caffemodel",
+                           "http://dl.caffe.berkeleyvision.org/bvlc_googlenet.caffemodel",
+                           sha1="405fc5acd08a3bb12de8ee5e23a96bec22f08204"),
+        caffe_root_files=("models/bvlc_googlenet/deploy.prototxt",
+                          "models/bvlc_googlenet/bvlc_googlenet.caffemodel")),
+    ModelPreset(
+        name="googlenet_places205", training_data="MIT Places205, 205 scene classes",
+        input_size=(224, 224), mean_bgr=(105.417, 113.753, 116.047),
+        default_layer="inception_4b/3x3_reduce", labels_file=None, num_classes=205,
+        weights=WeightFile("googlenet_places205.caffemodel",
+                           "http://places.csail.mit.edu/model/googlenet_places205.tar.gz",
+                           archive="googlenet_places205.tar.gz",
+                           archive_member="googlelet_places205_train_iter_2400000.caffemodel"),
+        caffe_root_files=("models/googlenet_places/deploy_places205.protxt",
+                          "models/googlenet_places/googlelet_places205_train_iter_2400000.caffemodel")),
+    ModelPreset(
+        name="googlenet_places365", training_data="MIT Places365, 365 scene classes",
+        input_size=(224, 224), mean_bgr=(104.051, 112.514, 116.676),
+        default_layer="inception_4d/3x3_reduce", labels_file="places365_labels.txt", num_classes=365,
+        weights=WeightFile(
+            "googlenet_places365.caffemodel",
+            "http://places2.csail.mit.edu/models_places365/googlenet_places365.caffemodel")),
+    ModelPreset(
+        name="efficientnet_lite0", training_data="ImageNet (ILSVRC-2012), 1000 classes",
+        input_size=(224, 224), mean_bgr=(103.939, 116.779, 123.68),
+        default_layer=EFFICIENTNET_LITE0_DEFAULT_LAYER, labels_file="imagenet_labels.txt",
+        num_classes=1000,
+        pytorch_network=lambda pretrained: (load_efficientnet_lite0() if pretrained
+                                            else EfficientNetLite0()),
+        convention=InputConvention(channel_order="RGB", offset=(127.0, 127.0, 127.0), scale=128.0)),
+]}
+DEFAULT_MODEL = "bvlc_googlenet"
+
+
+def preset(name: str) -> ModelPreset:
+    if name not in PRESETS:
+        raise UserError(f"unknown model '{name}'; --model takes one of: {', '.join(PRESETS)} "
+                        "(--list_models describes them).")
+    return PRESETS[name]
+
+
+def labels(model: ModelPreset) -> list[str] | None:
+    if model.labels_file is None:
+        return None
+    text = resources.files("cnnvis.data").joinpath(model.labels_file).read_text(encoding="utf-8")
+    return text.splitlines()
+
+
+def _caffe_root_files(model: ModelPreset) -> tuple[Path, Path] | None:
+    """The 2015 tool's files under $CAFFE_ROOT, when they are all there (old commands keep working)."""
+    root = os.environ.get("CAFFE_ROOT")
+    if not root or model.caffe_root_files is None:
+        return None
+    files = tuple(Path(root).expanduser() / f for f in model.caffe_root_files)
+    return files if all(f.is_file() for f in files) else None
+
+
+def weights_path(model: ModelPreset) -> Path | None:
+    """Where the preset's weights live (in the cache), or None for package-provided weights."""
+    if model.weights is None:
+        return None
+    return cache_dir() / model.weights.filename
+
+
+def weights_present(model: ModelPreset) -> bool:
+    path = weights_path(model)
+    return path is None or path.exists() or _caffe_root_files(model) is not None
+
+
+def download(model: ModelPreset, progress: bool = True) -> Path | None:
+    """Make sure the preset's weights are in the cache (downloading them if needed)."""
+    path, source = weights_path(model), model.weights
+    if path is None or path.exists():
+        return path
+    if source.archive is None:
+        return fetch(source.url, path, sha1=source.sha1, sha256=source.sha256, progress=progress)
+    archive = fetch(source.url, cache_dir() / source.archive, sha1=source.sha1,
+                    sha256=source.sha256, progress=progress)
+    unpack_tar(archive, path.parent, {source.archive_member: path.name})
+    archive.unlink()  # only the weights are needed; the rest of the tarball goes
+    return path
+
+
+def architecture(model: ModelPreset, seed: int = 0) -> BlobNetwork:
+    """The preset's network with random weights (for --list_layers and benchmarks): no download."""
+    if model.pytorch_network is not None:
+        return model.pytorch_network(False)
+    return CaffeNet(googlenet_deploy(model.num_classes), None, seed=seed).eval()
+
+
+def load_model(name: str = DEFAULT_MODEL, deploy_txt: str | None = None,
+               caffe_model: str | None = None, mean_bgr: tuple[float, float, float] | None = None,
+               device: torch.device = torch.device("cpu")) -> VisModel:
+    """The network of preset `name`, or of explicit Caffe files, ready for cnn-vis.
+
+    `deploy_txt`/`caffe_model` replace the preset's architecture/weights; `mean_bgr`
+    (from --mean_image) replaces its mean colour. Missing preset weights are downloaded.
+    """
+    model = preset(name)
+    if model.pytorch_network is not None and deploy_txt is None and caffe_model is None:
+        network = model.pytorch_network(True)
+    else:
+        old_files = _caffe_root_files(model)
+        deploy_txt = deploy_txt or (old_files[0] if old_files else None)
+        if caffe_model is None:
+            if model.weights is None:
+                raise UserError(f"--deploy_txt {deploy_txt} needs its weights too: "
+                                "pass the .caffemodel with --caffe_model.")
+            caffe_model = old_files[1] if old_files else download(model)
+        net = read_prototxt(deploy_txt) if deploy_txt else googlenet_deploy(model.num_classes)
+        network = CaffeNet(net, read_caffemodel(caffe_model)).eval()
+    names = labels(model)
+    return VisModel(network, name=model.name, mean_bgr=mean_bgr or model.mean_bgr,
+                    convention=model.convention,
+                    labels=names if names and _output_count(network) == len(names) else None,
+                    device=device)
+
+
+def _output_count(network: BlobNetwork) -> int:
+    with torch.no_grad():
+        x = torch.zeros((1, 3) + tuple(network.input_size))
+        return network.forward(x, network.blob_names[-1]).numel()
