@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mean_image", help=".npy mean image (3,H,W) or BGR mean colour (3,); "
                    "default: the model's mean colour")
     g.add_argument("--gpu", type=int, default=0, help="CUDA device; negative: CPU")
+    g.add_argument("--backend", default="torch", choices=["torch", "caffe"],
+                   help="engine for the CNN: PyTorch, or real Caffe (pycaffe, optional; "
+                   "scripts/install_pycaffe.sh installs it)")
     g = parser.add_argument_group("Image options")
     g.add_argument("--image_type", default="amplify_layer", choices=["amplify_layer", "amplify_neuron"])
     g.add_argument("--target_layer", help="blob to amplify (default: the model's own, "
@@ -271,7 +274,7 @@ def select_device(gpu: int) -> torch.device:
 
 def load_model(args: argparse.Namespace, mean_bgr=None) -> VisModel:
     return zoo.load_model(args.model, args.deploy_txt, args.caffe_model, mean_bgr,
-                          device=select_device(args.gpu))
+                          device=select_device(args.gpu), backend=args.backend)
 
 
 def check_target(model: VisModel, target: str, args: argparse.Namespace) -> None:

@@ -151,13 +151,15 @@ def architecture(model: ModelPreset, seed: int = 0) -> BlobNetwork:
 
 def load_model(name: str = DEFAULT_MODEL, deploy_txt: str | None = None,
                caffe_model: str | None = None, mean_bgr: tuple[float, float, float] | None = None,
-               device: torch.device = torch.device("cpu")) -> VisModel:
+               device: torch.device = torch.device("cpu"), backend: str = "torch") -> VisModel:
     """The network of preset `name`, or of explicit Caffe files, ready for cnn-vis.
 
     `deploy_txt`/`caffe_model` replace the preset's architecture/weights; `mean_bgr`
     (from --mean_image) replaces its mean colour. Missing preset weights are downloaded.
     """
     model = preset(name)
+    if backend != "torch":
+        raise UserError(f"--backend {backend} is not available yet; use --backend torch.")
     if model.pytorch_network is not None and deploy_txt is None and caffe_model is None:
         network = model.pytorch_network(True)
     else:
