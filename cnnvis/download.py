@@ -22,7 +22,7 @@ import urllib.request
 import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO
 
 from tqdm import tqdm
@@ -138,7 +138,7 @@ def _copy_response(response: http.client.HTTPResponse, file: IO[bytes], *, progr
 
 
 def unpack_tar(archive: Path, dest_dir: Path, members: Mapping[str, str]) -> None:
-    """Extract the regular files `members` names from a .tar.gz (path in archive -> file name).
+    """Extract the regular files `members` names from a .tar.gz (path or file name in archive -> file name).
 
     Only the named members are read; the archive's own paths never choose where
     a file goes (each goes to dest_dir / its plain file name), and a named member
@@ -162,7 +162,10 @@ def unpack_tar(archive: Path, dest_dir: Path, members: Mapping[str, str]) -> Non
             extracted: dict[str, Path] = {}  # member name -> its complete temporary file
             # One pass in archive order: a gzip stream cannot seek backwards cheaply.
             for info in tar:
-                if info.name not in members:
+                # A member is named by its path, or by its file name at any depth (archives
+                # often wrap their files in a folder whose name the caller need not know).
+                key = info.name if info.name in members else PurePosixPath(info.name).name
+                if key not in members or key in extracted:
                     continue
                 try:
                     safe_info = tarfile.data_filter(info, str(dest_dir))
@@ -171,11 +174,11 @@ def unpack_tar(archive: Path, dest_dir: Path, members: Mapping[str, str]) -> Non
                         f"{archive}: refusing member {info.name!r} ({error}). {fix}") from None
                 if not safe_info.isfile():
                     raise UserError(f"{archive}: member {info.name!r} is not a regular file. {fix}")
-                temporary = _temporary_file_beside(dest_dir / members[info.name])
+                temporary = _temporary_file_beside(dest_dir / members[key])
                 file, temp_path = temporaries.enter_context(temporary)
                 with file, tar.extractfile(safe_info) as member_data:
                     shutil.copyfileobj(member_data, file, CHUNK_BYTES)
-                extracted[info.name] = temp_path
+                extracted[key] = temp_path
             missing = [name for name in members if name not in extracted]
             if missing:
                 raise UserError(

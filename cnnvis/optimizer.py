@@ -117,7 +117,7 @@ class Dream:
     def run(self, initial: torch.Tensor, anchor_rgb: np.ndarray | None) -> torch.Tensor:
         """Optimise from `initial` (1, 3, H, W) at the first size; `anchor_rgb` is the user's
         photo (uint8 RGB) that the main p-norm pulls towards, or None (pull towards 0)."""
-        self.image = initial.to(self.model.device)
+        self.image = initial.to(self.model.device, copy=True)  # updated in place; the caller keeps theirs
         for size_index, size in enumerate(self.settings.sizes, start=1):
             if size_index > 1:
                 # Resize in float with this exact resampler (reproducibility across implementations).
