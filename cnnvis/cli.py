@@ -203,8 +203,7 @@ def dream(args: argparse.Namespace, argv: list[str]) -> int:
                           parse_size(args.final_size, base, "--final_size"),
                           args.num_sizes, args.resize_type)
     check_min_size(sizes, model.input_size, base)
-    target = args.target_layer or zoo.preset(args.model).default_layer
-    check_target(model, target, args)
+    target = resolve_target(model, args)
 
     seed = args.seed if args.seed is not None else secrets.randbelow(2 ** 31)
     torch.manual_seed(seed)
@@ -277,11 +276,21 @@ def load_model(args: argparse.Namespace, mean_bgr=None) -> VisModel:
                           device=select_device(args.gpu), backend=args.backend)
 
 
-def check_target(model: VisModel, target: str, args: argparse.Namespace) -> None:
+def resolve_target(model: VisModel, args: argparse.Namespace) -> str:
+    """The target blob: --target_layer (a GoogLeNet name translated for other presets, with a
+    notice) or the model's default; checked against the network, with the neuron index."""
+    preset = zoo.preset(args.model)
+    target = args.target_layer or preset.default_layer
+    translate = preset.googlenet_counterpart
+    if target not in model.blob_names and translate and translate(target) and not args.deploy_txt:
+        print(f"cnn-vis: {preset.name} has no blob '{target}'; using its GoogLeNet counterpart "
+              f"'{translate(target)}'.", file=sys.stderr)
+        target = translate(target)
     shape = model.check_target(target)
     if args.image_type == "amplify_neuron" and args.target_neuron >= shape[1]:
         raise UserError(f"--target_neuron {args.target_neuron} is outside blob '{target}', which has "
                         f"{shape[1]} channels; use 0 to {shape[1] - 1}.")
+    return target
 
 
 def noise_image(size: tuple[int, int], scale: float, blur: float, seed: int) -> torch.Tensor:

@@ -54,6 +54,26 @@ INPUT_SCALE = 128.0
 # A mid-network block (stride 16, 14x14 at 224x224), the analogue of GoogLeNet's inception_4c.
 EFFICIENTNET_LITE0_DEFAULT_LAYER = "stage5/block3"
 
+# GoogLeNet blobs (by their module, the part before "/") and the EfficientNet-Lite0 blob at
+# the same stride and relative depth, so that commands written for GoogLeNet (the 2015
+# gallery) also run with this model: the CLI translates such a --target_layer, with a notice.
+GOOGLENET_COUNTERPARTS = {
+    "conv1": "stem", "pool1": "stem",
+    "conv2": "stage2/block2", "pool2": "stage2/block2",
+    "inception_3a": "stage3/block1", "inception_3b": "stage3/block2", "pool3": "stage3/block2",
+    "inception_4a": "stage4/block2", "inception_4b": "stage4/block3",
+    "inception_4c": "stage5/block1", "inception_4d": "stage5/block2",
+    "inception_4e": "stage5/block3", "pool4": "stage5/block3",
+    "inception_5a": "stage6/block2", "inception_5b": "stage6/block4",
+    "pool5": "pool", "loss3": "logits", "prob": "prob",
+}
+
+
+def googlenet_counterpart(blob: str) -> str | None:
+    """The blob of this network that corresponds to GoogLeNet's `blob`, if any."""
+    return GOOGLENET_COUNTERPARTS.get(blob.split("/")[0])
+
+
 _BN_EPS = 1e-3  # TensorFlow's batch-norm epsilon; PyTorch's default 1e-5 would shift every activation
 _STEM_CHANNELS = 32
 _HEAD_CHANNELS = 1280

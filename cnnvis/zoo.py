@@ -17,11 +17,13 @@ import torch
 
 from cnnvis.caffe import CaffeNet, read_caffemodel, read_prototxt
 from cnnvis.download import cache_dir, fetch, unpack_tar
-from cnnvis.efficientnet import EFFICIENTNET_LITE0_DEFAULT_LAYER, EfficientNetLite0, load_efficientnet_lite0
+from cnnvis.efficientnet import (EFFICIENTNET_LITE0_DEFAULT_LAYER, EfficientNetLite0,
+                                 googlenet_counterpart, load_efficientnet_lite0)
 from cnnvis.errors import UserError
 from cnnvis.googlenet import googlenet_deploy
-from cnnvis.model import InputConvention, VisModel
+from cnnvis.model import InputConvention, TorchEngine, VisModel
 from cnnvis.network import BlobNetwork
+from cnnvis.pycaffe_engine import load_caffe_engine
 
 IMAGENET_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)  # Caffe's ILSVRC-2012 mean
 
@@ -51,6 +53,8 @@ class ModelPreset:
     # A network defined in PyTorch: makes it, with its pretrained weights when asked.
     pytorch_network: Callable[[bool], BlobNetwork] | None = None
     convention: InputConvention = InputConvention()
+    # For non-GoogLeNet models: the blob corresponding to a GoogLeNet blob name, if any.
+    googlenet_counterpart: Callable[[str], str | None] | None = None
     caffe_root_files: tuple[str, str] | None = None  # 2015 locations under $CAFFE_ROOT
 
 
@@ -88,9 +92,11 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
         num_classes=1000,
         pytorch_network=lambda pretrained: (load_efficientnet_lite0() if pretrained
                                             else EfficientNetLite0()),
-        convention=InputConvention(channel_order="RGB", offset=(127.0, 127.0, 127.0), scale=128.0)),
+        convention=InputConvention(channel_order="RGB", offset=(127.0, 127.0, 127.0), scale=128.0),
+        googlenet_counterpart=googlenet_counterpart),
 ]}
 DEFAULT_MODEL = "bvlc_googlenet"
+BACKENDS = ("torch", "caffe")  # the engines that run the CNN (--backend)
 
 
 def preset(name: str) -> ModelPreset:
@@ -156,12 +162,17 @@ def load_model(name: str = DEFAULT_MODEL, deploy_txt: str | None = None,
 
     `deploy_txt`/`caffe_model` replace the preset's architecture/weights; `mean_bgr`
     (from --mean_image) replaces its mean colour. Missing preset weights are downloaded.
+    `backend` is the engine: "torch" (PyTorch) or "caffe" (real Caffe, Caffe models only).
     """
     model = preset(name)
-    if backend != "torch":
-        raise UserError(f"--backend {backend} is not available yet; use --backend torch.")
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend '{backend}'; --backend takes one of: {', '.join(BACKENDS)}.")
     if model.pytorch_network is not None and deploy_txt is None and caffe_model is None:
-        network = model.pytorch_network(True)
+        if backend == "caffe":
+            raise UserError(f"--backend caffe runs Caffe models only, and {model.name} is a "
+                            "PyTorch network; use --backend torch with it, or a Caffe model "
+                            f"(--model {DEFAULT_MODEL}, or --deploy_txt with --caffe_model).")
+        engine = TorchEngine(model.pytorch_network(True), device)
     else:
         old_files = _caffe_root_files(model)
         deploy_txt = deploy_txt or (old_files[0] if old_files else None)
@@ -170,16 +181,11 @@ def load_model(name: str = DEFAULT_MODEL, deploy_txt: str | None = None,
                 raise UserError(f"--deploy_txt {deploy_txt} needs its weights too: "
                                 "pass the .caffemodel with --caffe_model.")
             caffe_model = old_files[1] if old_files else download(model)
-        net = read_prototxt(deploy_txt) if deploy_txt else googlenet_deploy(model.num_classes)
-        network = CaffeNet(net, read_caffemodel(caffe_model)).eval()
-    names = labels(model)
-    return VisModel(network, name=model.name, mean_bgr=mean_bgr or model.mean_bgr,
-                    convention=model.convention,
-                    labels=names if names and _output_count(network) == len(names) else None,
-                    device=device)
-
-
-def _output_count(network: BlobNetwork) -> int:
-    with torch.no_grad():
-        x = torch.zeros((1, 3) + tuple(network.input_size))
-        return network.forward(x, network.blob_names[-1]).numel()
+        if backend == "caffe":
+            engine = load_caffe_engine(deploy_txt or googlenet_deploy(model.num_classes),
+                                       caffe_model, device)
+        else:
+            net = read_prototxt(deploy_txt) if deploy_txt else googlenet_deploy(model.num_classes)
+            engine = TorchEngine(CaffeNet(net, read_caffemodel(caffe_model)).eval(), device)
+    return VisModel(engine, name=model.name, mean_bgr=mean_bgr or model.mean_bgr,
+                    convention=model.convention, labels=labels(model), device=device)
