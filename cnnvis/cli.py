@@ -196,17 +196,13 @@ def dream(args: argparse.Namespace, argv: list[str]) -> int:
     check_writable_output(output)
     photo = load_rgb(args.initial_image) if args.initial_image else None
     mean_bgr = load_mean_colour(args.mean_image) if args.mean_image else None
+    # A preset's input size is known without loading it: check the sizes first.
+    sizes = None if args.deploy_txt else plan_sizes(args, photo, zoo.preset(args.model).input_size)
     model = load_model(args, mean_bgr)
-
-    base = model.input_size if photo is None else photo.shape[:2]
-    sizes = size_sequence(parse_size(args.initial_size, base, "--initial_size"),
-                          parse_size(args.final_size, base, "--final_size"),
-                          args.num_sizes, args.resize_type)
-    check_min_size(sizes, model.input_size, base)
+    sizes = sizes or plan_sizes(args, photo, model.input_size)
     target = resolve_target(model, args)
 
     seed = args.seed if args.seed is not None else secrets.randbelow(2 ** 31)
-    torch.manual_seed(seed)
     initial = (rgb_to_image(resize_rgb(photo, sizes[0]), model.mean_bgr) if photo is not None
                else noise_image(sizes[0], args.initialization_scale, args.initialization_blur, seed))
     settings = DreamSettings(
@@ -218,17 +214,19 @@ def dream(args: argparse.Namespace, argv: list[str]) -> int:
     observer = ConsoleObserver(actions, output, model.mean_bgr, args.rescale_image, png_text,
                                total_steps=len(sizes) * args.num_steps,
                                show_size=(args.show_width, args.show_height))
-    run_ = Dream(model, settings, observer)
+    optimisation = Dream(model, settings, observer)
     try:
-        image = run_.run(initial, photo)
+        image = optimisation.run(initial, photo)
     except NonFiniteError as error:
-        save_png(output, image_to_rgb(run_.image, model.mean_bgr, args.rescale_image), png_text)
+        save_png(output, image_to_rgb(optimisation.image, model.mean_bgr, args.rescale_image),
+                 png_text)
         raise UserError(f"{error}; the last finite image is saved as {output}. Lower "
                         "--learning_rate (or the regularisation strengths --p_reg, --tv_reg) "
                         "and run again.") from None
     except KeyboardInterrupt:
-        if run_.image is not None:
-            save_png(output, image_to_rgb(run_.image, model.mean_bgr, args.rescale_image), png_text)
+        if optimisation.image is not None:
+            save_png(output, image_to_rgb(optimisation.image, model.mean_bgr, args.rescale_image),
+                     png_text)
             print(f"\ncnn-vis: interrupted; the current image is saved as {output}.", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
@@ -246,6 +244,17 @@ DREAM_OPTIONS = [
     "p_scale", "alpha_aux", "p_reg_aux", "p_scale_aux", "beta", "tv_reg", "tv_reg_scale",
     "tv_reg_step", "tv_reg_step_iter", "tv_grad_operator", "output_iter",
 ]
+
+
+def plan_sizes(args: argparse.Namespace, photo: np.ndarray | None,
+               input_size: tuple[int, int]) -> list[tuple[int, int]]:
+    """The size sequence; the base size is the network input for noise, the photo's size otherwise."""
+    base = input_size if photo is None else photo.shape[:2]
+    sizes = size_sequence(parse_size(args.initial_size, base, "--initial_size"),
+                          parse_size(args.final_size, base, "--final_size"),
+                          args.num_sizes, args.resize_type)
+    check_min_size(sizes, input_size, base)
+    return sizes
 
 
 def parse_actions(text: str) -> list[str]:
