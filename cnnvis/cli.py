@@ -20,6 +20,7 @@ import torch
 
 from cnnvis import zoo
 from cnnvis.caffe import CaffeNet, read_prototxt
+from cnnvis.caffe.net import network_input
 from cnnvis.errors import UserError
 from cnnvis.imageio import (check_writable_output, image_to_rgb, load_mean_colour, load_rgb,
                             resize_rgb, rgb_to_image, save_png)
@@ -196,10 +197,11 @@ def dream(args: argparse.Namespace, argv: list[str]) -> int:
     check_writable_output(output)
     photo = load_rgb(args.initial_image) if args.initial_image else None
     mean_bgr = load_mean_colour(args.mean_image) if args.mean_image else None
-    # A preset's input size is known without loading it: check the sizes first.
-    sizes = None if args.deploy_txt else plan_sizes(args, photo, zoo.preset(args.model).input_size)
+    # The network's input size is known before its weights load: check the sizes first.
+    input_size = (network_input(read_prototxt(args.deploy_txt))[1][1:] if args.deploy_txt
+                  else zoo.preset(args.model).input_size)
+    sizes = plan_sizes(args, photo, input_size)
     model = load_model(args, mean_bgr)
-    sizes = sizes or plan_sizes(args, photo, model.input_size)
     target = resolve_target(model, args)
 
     seed = args.seed if args.seed is not None else secrets.randbelow(2 ** 31)

@@ -37,3 +37,24 @@ def write_model(tmp_path: Path, prototxt: str, weights: dict[str, list[np.ndarra
     model = tmp_path / "weights.caffemodel"
     model.write_bytes(caffemodel_bytes(weights, v1=v1))
     return deploy, model
+
+
+# A tiny network for end-to-end runs of the command line (16x16 input; target `conv2`).
+TINY_DREAM_NET = """
+name: "tiny"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 16 dim: 16 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 6 kernel_size: 3 pad: 1 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2"
+        convolution_param { num_output: 8 kernel_size: 3 pad: 1 } }
+layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }
+"""
+
+
+def tiny_dream_weights() -> dict[str, list[np.ndarray]]:
+    rng = np.random.default_rng(0)
+    return {"conv1": [rng.normal(0, 0.1, (6, 3, 3, 3)), rng.normal(0, 1, 6)],
+            "conv2": [rng.normal(0, 0.3, (8, 6, 3, 3)), rng.normal(0, 1, 8)]}

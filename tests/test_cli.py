@@ -7,28 +7,11 @@ import pytest
 from PIL import Image
 
 from cnnvis.cli import main
-from tests.caffe_files import write_model
-
-TINY = """
-name: "tiny"
-layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 16 dim: 16 } } }
-layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
-        convolution_param { num_output: 6 kernel_size: 3 pad: 1 } }
-layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
-layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
-        pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
-layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2"
-        convolution_param { num_output: 8 kernel_size: 3 pad: 1 } }
-layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }
-"""
-
+from tests.caffe_files import TINY_DREAM_NET, tiny_dream_weights, write_model
 
 @pytest.fixture
 def tiny_model(tmp_path):
-    rng = np.random.default_rng(0)
-    weights = {"conv1": [rng.normal(0, 0.1, (6, 3, 3, 3)), rng.normal(0, 1, 6)],
-               "conv2": [rng.normal(0, 0.3, (8, 6, 3, 3)), rng.normal(0, 1, 8)]}
-    deploy, model = write_model(tmp_path, TINY, weights)
+    deploy, model = write_model(tmp_path, TINY_DREAM_NET, tiny_dream_weights())
     return ["--deploy_txt", str(deploy), "--caffe_model", str(model), "--gpu", "-1",
             "--target_layer", "conv2"]
 

@@ -286,18 +286,17 @@ def _scale(layer, bottoms: list[Shape]) -> LayerPlan:
     p = layer.scale_param
     ndim = len(bottoms[0])
     axis = _axis(layer, p.axis, ndim)
-    if len(bottoms) == 2:  # the scale is the second bottom, not a learned blob
-        covered = len(bottoms[1])
-        blobs = []
-    else:
-        covered = ndim - axis if p.num_axes == -1 else p.num_axes
-        blobs = [BlobSpec(tuple(bottoms[0][axis:axis + covered]), "ones")]
+    learned = len(bottoms) == 1  # else the scale is the second bottom
+    covered = (ndim - axis if p.num_axes == -1 else p.num_axes) if learned else len(bottoms[1])
     param_shape = tuple(bottoms[0][axis:axis + covered])
+    blobs = [BlobSpec(param_shape, "ones")] if learned else []
     if p.bias_term:
         blobs.append(BlobSpec(param_shape, "zeros"))
-    view = (1,) * axis + param_shape + (1,) * (ndim - axis - covered)
 
     def scale_op(x, *rest):
+        # The scale covers x's dimensions axis..axis+covered-1; with axis 0 a second bottom
+        # covers the batch too, so the view comes from the run-time shapes.
+        view = (1,) * axis + tuple(x.shape[axis:axis + covered]) + (1,) * (ndim - axis - covered)
         out = x * rest[0].reshape(view)
         return out + rest[1].reshape(view) if len(rest) > 1 else out
     return LayerPlan(blobs, _keep(scale_op))
@@ -335,4 +334,9 @@ BUILDERS: dict[str, Callable[[pb.LayerParameter, list[Shape]], LayerPlan]] = {
     "Eltwise": _eltwise,
     "Sigmoid": lambda layer, bottoms: LayerPlan([], _keep(torch.sigmoid)),
     "TanH": lambda layer, bottoms: LayerPlan([], _keep(torch.tanh)),
+}
+# How many bottom blobs a type takes, as Caffe checks: (minimum, maximum or None for no
+# maximum). Every type not listed takes exactly one.
+BOTTOM_COUNTS: dict[str, tuple[int, int | None]] = {
+    "Concat": (1, None), "Eltwise": (2, None), "Scale": (1, 2),
 }

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,11 +10,15 @@ import numpy as np
 import torch
 
 from cnnvis.caffe import caffe_pb2 as pb
-from cnnvis.caffe.layers import BUILDERS, BlobSpec, CaffeLayer
+from cnnvis.caffe.layers import BOTTOM_COUNTS, BUILDERS, BlobSpec, CaffeLayer
 from cnnvis.caffe.reader import blob_array, read_caffemodel, read_prototxt
 from cnnvis.errors import UserError
 
 BlobVersion = tuple[str, int]  # a blob name and how many layers have written it so far
+# The most values a blob may hold for one image (1 GiB of float32): inputs, layer outputs
+# and random weights (trained weights are bounded by their file). A typo such as
+# `num_output: 2000000000` or `dim: 100000` is an error, not an attempt to allocate it.
+MAX_BLOB_VALUES = 2 ** 28
 
 
 @dataclass(frozen=True)
@@ -51,17 +56,8 @@ class CaffeNet(torch.nn.Module):
         super().__init__()
         self.name = net.name
         layers = [layer for layer in net.layer if _included_in_test_phase(layer)]
-        inputs = [layer for layer in layers if layer.type == "Input"]
-        if not inputs or not inputs[0].input_param.shape:
-            raise UserError("the prototxt declares no input shape; add an Input layer with "
-                            "input_param { shape { dim: 1 dim: 3 dim: H dim: W } }.")
-        self.input_name = inputs[0].top[0]
-        input_shape = tuple(int(d) for d in inputs[0].input_param.shape[0].dim)
-        if len(input_shape) != 4:
-            raise UserError(f"the input blob '{self.input_name}' has shape {input_shape}; "
-                            "cnn-vis needs an image input (num, channels, height, width).")
-        self.input_shape = input_shape[1:]
-        self.input_size = input_shape[2:]
+        self.input_name, self.input_shape = network_input(net)
+        self.input_size = self.input_shape[1:]
         generator = torch.Generator().manual_seed(seed)
 
         versions: dict[str, int] = {self.input_name: 0}
@@ -77,6 +73,13 @@ class CaffeNet(torch.nn.Module):
                 raise UserError(
                     f"layer '{layer.name}' has type '{layer.type}', which cnn-vis does not support "
                     f"(supported: {', '.join(sorted(BUILDERS))}). Remove it from the prototxt.")
+            least, most = BOTTOM_COUNTS.get(layer.type, (1, 1))
+            if not least <= len(layer.bottom) <= (most or len(layer.bottom)):
+                takes = (f"exactly {least}" if least == most else
+                         f"{least} to {most}" if most else f"at least {least}")
+                raise UserError(f"layer '{layer.name}' ({layer.type}) has {len(layer.bottom)} "
+                                f"bottom blob(s) but takes {takes}. "
+                                "Fix its bottoms in the prototxt.")
             for name in layer.bottom:
                 if name not in versions:
                     raise UserError(f"layer '{layer.name}' reads blob '{name}', which no earlier "
@@ -95,6 +98,8 @@ class CaffeNet(torch.nn.Module):
                                 f"{[shapes[b] for b in bottoms]}: {error}. Fix the prototxt.") from None
             tops = []
             for name, value in zip(layer.top, top_values):
+                _check_blob_size(f"blob '{name}' of layer '{layer.name}' ({layer.type})",
+                                 value.shape)
                 versions[name] = versions.get(name, -1) + 1
                 tops.append((name, versions[name]))
                 shapes[tops[-1]] = tuple(value.shape)
@@ -110,6 +115,9 @@ class CaffeNet(torch.nn.Module):
                      weights: dict[str, list[pb.BlobProto]] | None,
                      generator: torch.Generator) -> list[torch.Tensor]:
         if weights is None:
+            for spec in specs:
+                _check_blob_size(f"a weight blob of layer '{layer.name}' ({layer.type})",
+                                 spec.shape)
             return [_initial_blob(spec, generator) for spec in specs]
         stored = weights.get(layer.name, [])
         if not specs:
@@ -125,11 +133,21 @@ class CaffeNet(torch.nn.Module):
             values, shape, legacy = blob_array(blob)
             # A legacy 4-D blob matches when the expected shape, padded to 4-D with 1s, does.
             expected = ((1,) * (4 - len(spec.shape)) + spec.shape) if legacy else spec.shape
-            if tuple(shape) != tuple(expected) or values.size != int(np.prod(spec.shape)):
+            if tuple(shape) != tuple(expected):
                 raise UserError(
                     f"layer '{layer.name}': weight blob {i} has shape {tuple(shape)} in the "
                     f"caffemodel but the prototxt needs {spec.shape}. "
                     "Use the caffemodel that belongs to this prototxt.")
+            if values.size != math.prod(spec.shape):  # math.prod: np.prod wraps past 2**63
+                raise UserError(
+                    f"layer '{layer.name}': weight blob {i} holds {values.size} values but its "
+                    f"shape {tuple(shape)} needs {math.prod(spec.shape)}, so the caffemodel is "
+                    "corrupt. Download it again, or pass the right file with --caffe_model.")
+            if not np.isfinite(values).all():
+                raise UserError(
+                    f"layer '{layer.name}': weight blob {i} in the caffemodel holds NaN or "
+                    "infinite values (or values too large for float32), so the file is corrupt. "
+                    "Download it again, or pass the right file with --caffe_model.")
             blobs.append(torch.from_numpy(values.reshape(spec.shape)))
         return blobs
 
@@ -137,10 +155,7 @@ class CaffeNet(torch.nn.Module):
         """The steps that `target`'s final value depends on, in network order."""
         if target not in self._plans:
             if target not in self.blob_names:
-                close = difflib.get_close_matches(target, self.blob_names, n=5, cutoff=0.5)
-                hint = f" Did you mean: {', '.join(close)}?" if close else ""
-                raise UserError(f"the network has no blob named '{target}'.{hint} "
-                                "--list_layers shows every blob that can be targeted.")
+                raise unknown_blob(target, self.blob_names)
             needed = {self._final[target]}
             plan = []
             for step in reversed(self._steps):
@@ -165,6 +180,44 @@ class CaffeNet(torch.nn.Module):
         """Every blob's final value, in network order."""
         values = self._run(x, self._steps)
         return {name: values[self._final[name]] for name in self.blob_names}
+
+
+def network_input(net: pb.NetParameter) -> tuple[str, tuple[int, int, int]]:
+    """The input blob's name and (channels, height, width), from the first Input layer."""
+    inputs = [layer for layer in net.layer
+              if layer.type == "Input" and _included_in_test_phase(layer)]
+    if not inputs or not inputs[0].input_param.shape:
+        raise UserError("the prototxt declares no input shape; add an Input layer with "
+                        "input_param { shape { dim: 1 dim: 3 dim: H dim: W } }.")
+    if not inputs[0].top:
+        raise UserError(f"the Input layer '{inputs[0].name}' has no top blob; add "
+                        'top: "data" to it in the prototxt.')
+    name = inputs[0].top[0]
+    shape = tuple(int(d) for d in inputs[0].input_param.shape[0].dim)
+    if len(shape) != 4:
+        raise UserError(f"the input blob '{name}' has shape {shape}; "
+                        "cnn-vis needs an image input (num, channels, height, width).")
+    if min(shape) < 1:
+        raise UserError(f"the input blob '{name}' has shape {shape}; every "
+                        "dimension must be at least 1. Fix the input shape in the prototxt.")
+    _check_blob_size(f"the input blob '{name}'", (1,) + shape[1:])
+    return name, shape[1:]
+
+
+def unknown_blob(target: str, blob_names: list[str]) -> UserError:
+    """The error for a target that is none of a Caffe network's blobs, with close names."""
+    close = difflib.get_close_matches(target, blob_names, n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return UserError(f"the network has no blob named '{target}'.{hint} "
+                     "--list_layers shows every blob that can be targeted.")
+
+
+def _check_blob_size(what: str, shape: tuple[int, ...]) -> None:
+    values = math.prod(shape)
+    if values > MAX_BLOB_VALUES:
+        raise UserError(f"{what} would have shape {tuple(shape)}: {values} values, more than "
+                        f"cnn-vis holds ({MAX_BLOB_VALUES}). Check the input shape and the "
+                        "layers' num_output and kernel sizes in the prototxt.")
 
 
 def _initial_blob(spec: BlobSpec, generator: torch.Generator) -> torch.Tensor:

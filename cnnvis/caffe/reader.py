@@ -63,9 +63,14 @@ def parse_prototxt(text: str, source: str = "<prototxt>") -> pb.NetParameter:
     except text_format.ParseError as error:
         line, column = error.GetLine(), error.GetColumn()
         where = f"line {line}, column {column}" if line else "position unknown"
-        detail = str(error).split(" : ", 1)[-1]
+        detail = str(error).split(" : ", 1)[-1].rstrip(".")  # the message goes on after it
         raise UserError(
             f"{source} is not a valid Caffe prototxt ({where}): {detail}. "
+            "Fix the file, or pass the right file with --deploy_txt."
+        ) from None
+    except RecursionError:  # protobuf's text parser recurses once per nested { }
+        raise UserError(
+            f"{source} is not a valid Caffe prototxt: its braces are nested too deeply. "
             "Fix the file, or pass the right file with --deploy_txt."
         ) from None
     return upgrade_net(net)
@@ -107,7 +112,8 @@ def read_caffemodel(path: str | Path) -> dict[str, list[pb.BlobProto]]:
 def blob_array(blob: pb.BlobProto) -> tuple[np.ndarray, tuple[int, ...], bool]:
     """A blob's values as float32, its shape, and whether that shape is the legacy 4-D one."""
     values = blob.double_data if len(blob.double_data) else blob.data
-    array = np.asarray(values, dtype=np.float32)
+    with np.errstate(over="ignore"):  # doubles beyond float32 become inf; CaffeNet refuses those
+        array = np.asarray(values, dtype=np.float32)
     if blob.HasField("shape"):
         return array, tuple(int(d) for d in blob.shape.dim), False
     return array, (blob.num, blob.channels, blob.height, blob.width), True
