@@ -1,13 +1,20 @@
-"""A network ready for cnn-vis: its input convention, mean colour, labels and device.
+"""A network ready for cnn-vis: its input convention, mean colour, labels, device and engine.
 
 The optimiser, regularisers and their default strengths always work on BGR pixels minus
 the model's mean colour (in 0..255 units). `VisModel` converts that to whatever the
 network expects (RGB, other offsets, a scale) inside the autograd graph, so gradients come
 back in cnn-vis' units and the README's parameter values mean the same on every model.
+
+What runs the network itself is an `Engine`: PyTorch (`TorchEngine`, for any
+`BlobNetwork`) or real Caffe (`cnnvis.pycaffe_engine.CaffeEngine`). An engine sees only
+network inputs; it returns blob values and the gradient of an objective with respect
+to its input, which `VisModel` carries back through the input conversion.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -28,18 +35,66 @@ class InputConvention:
     scale: float = 1.0
 
 
-class VisModel:
-    """A `BlobNetwork` plus what it takes to feed it cnn-vis images and read its outputs."""
+@runtime_checkable
+class Engine(Protocol):
+    """What runs a network for cnn-vis, on inputs in the network's own convention."""
 
-    def __init__(self, network: BlobNetwork, name: str, mean_bgr: tuple[float, float, float],
+    input_size: tuple[int, int]   # (height, width) the network was trained on
+    blob_names: list[str]         # targetable blobs, in network order (input excluded)
+
+    def forward(self, x: torch.Tensor, target: str) -> torch.Tensor:
+        """The values of blob `target` for input x (N, 3, H, W), on x's device; no gradient."""
+        ...
+
+    def objective_gradient(self, x: torch.Tensor, target: str,
+                           objective: Objective) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss summed over the batch, d loss / d x) for input x (N, 3, H, W), on x's device.
+
+        The gradient is the objective's top gradient back-propagated from blob `target`.
+        """
+        ...
+
+
+class TorchEngine:
+    """An `Engine` that runs a `BlobNetwork` with PyTorch autograd, on `device`."""
+
+    def __init__(self, network: BlobNetwork, device: torch.device = torch.device("cpu")):
+        self.network = network.to(device)
+        self.input_size: tuple[int, int] = tuple(network.input_size)
+        self.blob_names: list[str] = network.blob_names
+
+    def forward(self, x: torch.Tensor, target: str) -> torch.Tensor:
+        with torch.no_grad():
+            return self.network.forward(x, target)
+
+    def objective_gradient(self, x: torch.Tensor, target: str,
+                           objective: Objective) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            blob = self.network.forward(x, target)
+            loss, top_gradient = objective(blob.detach())
+            blob.backward(top_gradient)
+        return loss.detach(), x.grad
+
+
+class VisModel:
+    """An engine plus what it takes to feed it cnn-vis images and read its outputs."""
+
+    def __init__(self, network: Engine | BlobNetwork, name: str,
+                 mean_bgr: tuple[float, float, float],
                  convention: InputConvention = InputConvention(),
                  labels: list[str] | None = None, device: torch.device = torch.device("cpu")):
-        self.network = network.to(device)
+        """`network` is an engine, or a `BlobNetwork` to run with PyTorch on `device`.
+
+        `labels` name the outputs of the last blob; they are dropped when their number
+        differs from the blob's size (a preset's labels with the user's own network).
+        """
+        self.engine: Engine = (network if isinstance(network, Engine)
+                               else TorchEngine(network, device))
         self.name = name
         self.mean_bgr = tuple(float(m) for m in mean_bgr)
-        self.labels = labels
         self.device = device
-        self.input_size: tuple[int, int] = tuple(network.input_size)
+        self.input_size: tuple[int, int] = tuple(self.engine.input_size)
         rgb = convention.channel_order == "RGB"
         offset_bgr = self.mean_bgr if convention.offset is None else (
             tuple(reversed(convention.offset)) if rgb else convention.offset)
@@ -49,10 +104,12 @@ class VisModel:
                        if any(shift) else None)
         self._scale = convention.scale
         self._flip = rgb
+        self.labels = labels if labels and math.prod(
+            self.check_target(self.blob_names[-1])) == len(labels) else None
 
     @property
     def blob_names(self) -> list[str]:
-        return self.network.blob_names
+        return self.engine.blob_names
 
     def network_input(self, x: torch.Tensor) -> torch.Tensor:
         """cnn-vis image (N, 3, H, W), BGR minus the mean colour -> the network's input."""
@@ -64,25 +121,26 @@ class VisModel:
 
     def check_target(self, target: str) -> tuple[int, ...]:
         """The target blob's shape for one input-sized tile; a clear error for unknown names."""
-        with torch.no_grad():
-            tile = torch.zeros((1, 3) + self.input_size, device=self.device)
-            return tuple(self.network.forward(self.network_input(tile), target).shape)
+        tile = torch.zeros((1, 3) + self.input_size, device=self.device)
+        return tuple(self.engine.forward(self.network_input(tile), target).shape)
 
     def objective_gradient(self, tiles: torch.Tensor, target: str,
                            objective: Objective) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss summed over tiles, d loss / d tiles) for tiles (N, 3, h, w) in cnn-vis units."""
         with torch.enable_grad():
             x = tiles.detach().requires_grad_(True)
-            blob = self.network.forward(self.network_input(x), target)
-            loss, top_gradient = objective(blob.detach())
-            blob.backward(top_gradient)
-        return loss.detach(), x.grad
+            network_input = self.network_input(x)        # (N, 3, h, w), the network's convention
+            loss, input_gradient = self.engine.objective_gradient(
+                network_input.detach(), target, objective)
+            # Through the conversion; for Caffe models it is the identity and this returns
+            # input_gradient itself.
+            tile_gradient, = torch.autograd.grad(network_input, x, input_gradient)
+        return loss, tile_gradient
 
     def classify(self, image: torch.Tensor, top: int = 5) -> list[tuple[int, float, str]]:
         """The `top` largest outputs of the network's last blob: (index, value, label)."""
         last = self.blob_names[-1]
-        with torch.no_grad():
-            scores = self.network.forward(self.network_input(image.to(self.device)), last)
+        scores = self.engine.forward(self.network_input(image.to(self.device)), last)
         scores = scores.reshape(scores.shape[0], -1)[0]
         if scores.numel() < top:
             raise UserError(f"the last blob '{last}' has {scores.numel()} values; "
