@@ -23,6 +23,7 @@ from types import ModuleType
 
 import torch
 from google.protobuf import text_format
+from google.protobuf.message import Message
 
 from cnnvis.caffe import caffe_pb2 as pb
 from cnnvis.caffe import read_prototxt
@@ -187,7 +188,7 @@ def load_caffe_engine(deploy: str | Path | pb.NetParameter, weights: str | Path,
     return CaffeEngine(engine_net, blob_names, gpu)
 
 
-def _net_for_gradients(caffe: ModuleType, deploy: str | Path | pb.NetParameter):
+def _net_for_gradients(caffe: ModuleType, deploy: str | Path | pb.NetParameter) -> tuple[Message, str]:
     """(Caffe's own NetParameter of `deploy` with force_backward set, a name for messages)."""
     if isinstance(deploy, pb.NetParameter):
         text, source = text_format.MessageToString(deploy), f"the network '{deploy.name}'"

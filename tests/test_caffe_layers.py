@@ -205,6 +205,17 @@ def test_eltwise_concat_split():
     np.testing.assert_allclose(run(net, x, "cat"), np.concatenate([x, -3 * x], axis=2), rtol=1e-6)
 
 
+def test_scale_by_second_bottom_on_axis_0_follows_the_batch_size():
+    # The second bottom (N, C) covers the batch axis, which changes at run time.
+    net = one_layer_net((1, 2, 2, 2), """
+        layer { name: "g" type: "Pooling" bottom: "data" top: "g" pooling_param { pool: AVE global_pooling: true } }
+        layer { name: "f" type: "Flatten" bottom: "g" top: "f" }
+        layer { name: "s" type: "Scale" bottom: "data" bottom: "f" top: "s" scale_param { axis: 0 } }
+    """)
+    x = RNG.normal(size=(3, 2, 2, 2)).astype(np.float32)
+    np.testing.assert_allclose(run(net, x, "s"), x * x.mean(axis=(2, 3))[:, :, None, None], rtol=1e-5)
+
+
 def test_eltwise_max_gradient_goes_to_first_bottom_on_ties():
     net = one_layer_net((1, 1, 1, 2), """
         layer { name: "sp" type: "Split" bottom: "data" top: "a" top: "b" }
