@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mean_image", help=".npy mean image (3,H,W) or BGR mean colour (3,); "
                    "default: the model's mean colour")
     g.add_argument("--gpu", type=int, default=0, help="CUDA device; negative: CPU")
-    g.add_argument("--backend", default="torch", choices=["torch", "caffe"],
+    g.add_argument("--backend", default="torch", choices=zoo.BACKENDS,
                    help="engine for the CNN: PyTorch, or real Caffe (pycaffe, optional; "
                    "scripts/install_pycaffe.sh installs it)")
     g = parser.add_argument_group("Image options")
