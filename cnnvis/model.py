@@ -56,21 +56,25 @@ class Engine(Protocol):
 
 
 class TorchEngine:
-    """An `Engine` that runs a `BlobNetwork` with PyTorch autograd, on `device`."""
+    """An `Engine` that runs a `BlobNetwork` with PyTorch autograd, on `device`.
+
+    Weights and inputs are kept channels-last (NHWC): the convolution libraries behind
+    PyTorch (oneDNN on CPUs, cuDNN) run faster on it and skip layout conversions.
+    """
 
     def __init__(self, network: BlobNetwork, device: torch.device = torch.device("cpu")):
-        self.network = network.to(device)
+        self.network = network.to(device, memory_format=torch.channels_last)
         self.input_size: tuple[int, int] = tuple(network.input_size)
         self.blob_names: list[str] = network.blob_names
 
     def forward(self, x: torch.Tensor, target: str) -> torch.Tensor:
         with torch.no_grad():
-            return self.network.forward(x, target)
+            return self.network.forward(x.contiguous(memory_format=torch.channels_last), target)
 
     def objective_gradient(self, x: torch.Tensor, target: str,
                            objective: Objective) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
+            x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
             blob = self.network.forward(x, target)
             loss, top_gradient = objective(blob.detach())
             blob.backward(top_gradient)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cnnvis.caffe import CaffeNet, parse_prototxt
-from cnnvis.caffe.layers import caffe_pooled_size
+from cnnvis.caffe.layers import caffe_pool, caffe_pool_padded, caffe_pooled_size
 from cnnvis.errors import UserError
 from tests.caffe_files import blob_proto
 
@@ -66,6 +66,22 @@ def test_average_pool_divides_by_window_clipped_to_padded_image():
     # Image pixels per window: 2, 3, 1. So each factor is 2/3, 1, 1/2 per axis.
     factors = np.array([2 / 3, 1.0, 1 / 2])
     np.testing.assert_allclose(out[0, 0], np.outer(factors, factors), rtol=1e-6)
+
+
+def test_pooling_with_padding_beyond_half_the_kernel():
+    x = np.arange(9, dtype=np.float32).reshape(1, 1, 3, 3)
+    out = run(one_layer_net(x.shape, pool_layer("MAX", 3, 2, 2)), x, "p")
+    # Windows start at -2, 0, 2 on each axis: rows {0}, {0, 1, 2}, {2}.
+    np.testing.assert_array_equal(out[0, 0], [[0, 2, 2], [6, 8, 8], [6, 8, 8]])
+
+
+@pytest.mark.parametrize("kernel, stride, pad", [(3, 2, 0), (3, 2, 1), (2, 2, 1), (3, 1, 1), (5, 3, 2)])
+@pytest.mark.parametrize("average", [False, True])
+def test_pytorch_ceil_mode_pooling_equals_the_explicit_caffe_pooling(kernel, stride, pad, average):
+    x = torch.from_numpy(RNG.normal(size=(2, 3, 9, 11)).astype(np.float32))
+    args = ((kernel, kernel), (stride, stride), (pad, pad), True, average)
+    np.testing.assert_allclose(caffe_pool(x, *args).numpy(), caffe_pool_padded(x, *args).numpy(),
+                               rtol=1e-6, atol=1e-6)
 
 
 def test_global_pooling_any_input_size():

@@ -151,9 +151,27 @@ def caffe_pool(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int]
                pad: tuple[int, int], ceil: bool, average: bool) -> torch.Tensor:
     """Caffe's MAX/AVE pooling of x (N, C, H, W).
 
-    The input is padded explicitly so that PyTorch's floor-mode pooling yields Caffe's
-    window count. MAX ignores padding (pads with -inf). AVE divides each window's sum by
-    the window's size clipped to the padded image (not to the image, not always k*k).
+    PyTorch's ceil mode has Caffe's output-size rule (a last window that would start in the
+    padding is dropped) and, counting padding, Caffe's average divisor (the window clipped
+    to the padded image) wherever PyTorch takes the padding (at most half the kernel) and
+    no window can start past the input (stride at most the kernel). Elsewhere the
+    explicitly padded version below gives the same results, more slowly.
+    """
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
+    if ceil and 2 * ph <= kh and 2 * pw <= kw and sh <= kh and sw <= kw:
+        if average:
+            return F.avg_pool2d(x, kernel, stride, pad, ceil_mode=True, count_include_pad=True)
+        return F.max_pool2d(x, kernel, stride, pad, ceil_mode=True)
+    return caffe_pool_padded(x, kernel, stride, pad, ceil, average)
+
+
+def caffe_pool_padded(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
+                      pad: tuple[int, int], ceil: bool, average: bool) -> torch.Tensor:
+    """Caffe's pooling for any padding and stride, from PyTorch's floor-mode pooling.
+
+    The input is padded explicitly so that floor mode yields Caffe's window count. MAX
+    ignores padding (pads with -inf). AVE divides each window's sum by the window's size
+    clipped to the padded image (not to the image, not always k*k).
     """
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
     height, width = x.shape[-2:]
@@ -188,11 +206,24 @@ def _lrn(layer, bottoms: list[Shape]) -> LayerPlan:
     if p.local_size % 2 == 0:
         raise _error(layer, f"local_size must be odd, not {p.local_size}")
     if p.norm_region == pb.LRNParameter.ACROSS_CHANNELS:
-        # y = x / (k + alpha/n * sum over n neighbouring channels of x^2)^beta, as in Caffe.
-        op = partial(F.local_response_norm, size=p.local_size, alpha=p.alpha, beta=p.beta, k=p.k)
+        op = partial(_lrn_across_channels, size=p.local_size, alpha=p.alpha, beta=p.beta, k=p.k)
     else:
         op = partial(_lrn_within_channel, size=p.local_size, alpha=p.alpha, beta=p.beta)
     return LayerPlan([], _keep(op))
+
+
+def _lrn_across_channels(x: torch.Tensor, size: int, alpha: float, beta: float,
+                         k: float) -> torch.Tensor:
+    """y = x / (k + alpha/n * sum over n neighbouring channels of x^2)^beta, as in Caffe.
+
+    The channel window is a 2-D average pool over (channels, pixels), much faster than the
+    3-D pool of F.local_response_norm; padding counts as zeros, so the mean is sum / n.
+    """
+    n, c = x.shape[:2]
+    squares = (x * x).reshape(n, 1, c, -1)                                  # (N, 1, C, H*W)
+    mean = F.avg_pool2d(squares, (size, 1), stride=1, padding=(size // 2, 0),
+                        count_include_pad=True)
+    return x / (k + alpha * mean.reshape(x.shape)).pow(beta)
 
 
 def _lrn_within_channel(x: torch.Tensor, size: int, alpha: float, beta: float) -> torch.Tensor:
