@@ -214,16 +214,41 @@ def _lrn(layer, bottoms: list[Shape]) -> LayerPlan:
 
 def _lrn_across_channels(x: torch.Tensor, size: int, alpha: float, beta: float,
                          k: float) -> torch.Tensor:
-    """y = x / (k + alpha/n * sum over n neighbouring channels of x^2)^beta, as in Caffe.
+    """y = x / (k + alpha/n * sum over n neighbouring channels of x^2)^beta, as in Caffe."""
+    return _CrossChannelLRN.apply(x, size, alpha, beta, k)
 
-    The channel window is a 2-D average pool over (channels, pixels), much faster than the
-    3-D pool of F.local_response_norm; padding counts as zeros, so the mean is sum / n.
-    """
-    n, c = x.shape[:2]
-    squares = (x * x).reshape(n, 1, c, -1)                                  # (N, 1, C, H*W)
-    mean = F.avg_pool2d(squares, (size, 1), stride=1, padding=(size // 2, 0),
-                        count_include_pad=True)
-    return x / (k + alpha * mean.reshape(x.shape)).pow(beta)
+
+def _channel_window_sum(t: torch.Tensor, size: int) -> torch.Tensor:
+    """Sum over the `size` channels centred on each channel (zeros beyond the edges)."""
+    pad = size // 2
+    padded = F.pad(t, (0, 0, 0, 0, pad, pad))           # (N, C + size - 1, H, W)
+    channels = t.shape[1]
+    total = padded[:, :channels].clone()
+    for offset in range(1, size):
+        total += padded[:, offset:offset + channels]
+    return total
+
+
+class _CrossChannelLRN(torch.autograd.Function):
+    """Caffe's LRN across channels with its closed-form gradient (Caffe's own backward):
+    dx = dy * scale^-beta - (2 alpha beta / n) * x * window_sum(dy * y / scale).
+    One saved scale tensor instead of autograd's chain of pow/div/mul intermediates."""
+
+    @staticmethod
+    def forward(ctx, x, size, alpha, beta, k):
+        scale = k + (alpha / size) * _channel_window_sum(x * x, size)
+        y = x * scale.pow(-beta)
+        ctx.save_for_backward(x, y, scale)
+        ctx.constants = size, alpha, beta
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, y, scale = ctx.saved_tensors
+        size, alpha, beta = ctx.constants
+        accumulated = _channel_window_sum(dy * y / scale, size)
+        dx = dy * scale.pow(-beta) - (2 * alpha * beta / size) * x * accumulated
+        return dx, None, None, None, None
 
 
 def _lrn_within_channel(x: torch.Tensor, size: int, alpha: float, beta: float) -> torch.Tensor:

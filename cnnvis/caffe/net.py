@@ -165,20 +165,28 @@ class CaffeNet(torch.nn.Module):
             self._plans[target] = plan[::-1]
         return self._plans[target]
 
-    def _run(self, x: torch.Tensor, steps: list[_Step]) -> dict[BlobVersion, torch.Tensor]:
+    def _run(self, x: torch.Tensor, steps: list[_Step],
+             keep_all: bool) -> dict[BlobVersion, torch.Tensor]:
+        """Run `steps` on x. Unless `keep_all`, a value is dropped after its last reader, so
+        that memory holds only what autograd saves (a pre-ReLU convolution output, say, is
+        not kept alive beside its rectified copy)."""
+        last_reader = {} if keep_all else {b: i for i, step in enumerate(steps) for b in step.bottoms}
         values = {(self.input_name, 0): x}
-        for step in steps:
+        for i, step in enumerate(steps):
             outputs = self.layers[step.layer](*[values[b] for b in step.bottoms])
             values.update(zip(step.tops, outputs))
+            for bottom in set(step.bottoms):
+                if last_reader.get(bottom) == i:
+                    del values[bottom]
         return values
 
     def forward(self, x: torch.Tensor, target: str) -> torch.Tensor:
         """The blob `target` for input x (N, C, H, W), running only the layers it needs."""
-        return self._run(x, self._plan(target))[self._final[target]]
+        return self._run(x, self._plan(target), keep_all=False)[self._final[target]]
 
     def blobs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every blob's final value, in network order."""
-        values = self._run(x, self._steps)
+        values = self._run(x, self._steps, keep_all=True)
         return {name: values[self._final[name]] for name in self.blob_names}
 
 
