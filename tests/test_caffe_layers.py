@@ -232,6 +232,13 @@ def test_scale_by_second_bottom_on_axis_0_follows_the_batch_size():
     np.testing.assert_allclose(run(net, x, "s"), x * x.mean(axis=(2, 3))[:, :, None, None], rtol=1e-5)
 
 
+def test_a_blob_read_twice_by_one_layer():
+    net = one_layer_net((1, 2, 2, 2), 'layer { name: "twice" type: "Eltwise" bottom: "data" '
+                                      'bottom: "data" top: "twice" eltwise_param { operation: PROD } }')
+    x = RNG.normal(size=(1, 2, 2, 2)).astype(np.float32)
+    np.testing.assert_allclose(run(net, x, "twice"), x * x, rtol=1e-6)
+
+
 def test_eltwise_max_gradient_goes_to_first_bottom_on_ties():
     net = one_layer_net((1, 1, 1, 2), """
         layer { name: "sp" type: "Split" bottom: "data" top: "a" top: "b" }
