@@ -1,0 +1,618 @@
+#!/usr/bin/env python3
+"""Benchmark of cnn-vis' CNN work (issue #6), printed in one run on one machine.
+
+    .venv/bin/python benchmarks/bench.py [--quick] [--device auto|cpu|cuda]
+
+A *tile-step* is what the optimiser asks of the network for each region: the forward pass
+to the target blob and the input gradient of the amplify_layer objective, for one 224x224
+tile. GoogLeNet is the bundled architecture with random weights (speed does not depend
+on the weights). Sections:
+
+  [1] tile-step throughput at two targets, batch 1 and 8, and [1b] its numerical error
+      in each fp32 precision mode (TF32 too on CUDA);
+  [2] a 2015-style baseline: the whole net forward, weights as trainable parameters,
+      backward from the target (what the 2015 tool asked of Caffe), batch 1;
+  [3] achieved GFLOP/s of the tile-step against one large convolution's;
+  [4] the CLI end to end: example 1's size schedule, and one step at 2160x3840, with the
+      peak resident memory of each;
+  then start-up (process start to the first step) and, where pycaffe is importable, real
+  Caffe's tile-step. With CUDA, [1]-[4] run on the GPU too.
+
+Timings are medians of several runs after warm-up. The in-process ones are taken in
+rounds (one run of every piece of work per round), so that a change in the load of a
+shared machine touches them all alike and their ratios stay fair. Runs that would disturb
+one another (end to end, peak memory, start-up, Caffe) each get a child process of this
+script. The last two lines are for other tools to read:
+
+    fraction_of_conv_peak: F   tile-step GFLOP/s at inception_4d/3x3_reduce (best batch)
+                               over the large convolution's GFLOP/s
+    speedup_vs_baseline: R     tile-step throughput at inception_4d/3x3_reduce (best
+                               batch) over the baseline's (batch 1)
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from google.protobuf import text_format
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # so that a checkout runs without installing the package
+
+from cnnvis import cli, zoo  # noqa: E402
+from cnnvis.caffe import CaffeNet  # noqa: E402
+from cnnvis.caffe import caffe_pb2 as pb  # noqa: E402
+from cnnvis.googlenet import googlenet_deploy  # noqa: E402
+from cnnvis.model import VisModel  # noqa: E402
+from cnnvis.objectives import amplify_layer  # noqa: E402
+from cnnvis.sizes import size_sequence  # noqa: E402
+from cnnvis.tiling import checkerboard_groups  # noqa: E402
+
+MODEL = "bvlc_googlenet"
+TILE = (224, 224)
+MAIN_TARGET = "inception_4d/3x3_reduce"
+TARGETS = (MAIN_TARGET, "inception_4e/output")
+BATCHES = (1, 8)
+PIXEL_STD = 40.0  # noise tiles about as large as real pixels minus the mean colour
+OBJECTIVE = amplify_layer(l1_weight=1.0, l2_weight=1.0, grad_clip=5.0)  # the CLI's defaults
+
+# Example 1 of the 2015 gallery (examples/example1.sh), for a few steps per size.
+EXAMPLE_1 = ["--target_layer", MAIN_TARGET, "--batch_size", "25", "--learning_rate", "10",
+             "--decay_rate", "0.25", "--alpha", "6", "--p_reg", "1e-10", "--beta", "2.5",
+             "--tv_reg", "0.5", "--iter_behavior", "print", "--output_iter", "25"]
+EXAMPLE_1_SIZES = ((270, 480), (1080, 1920), 5)  # initial, final, number of sizes (geometric)
+LARGE_SIZE = (2160, 3840)
+
+# "One large convolution": 3x3, 256 -> 256 channels, 56x56, batch 8, forward only.
+LARGE_CONV_INPUT = (8, 256, 56, 56)
+LARGE_CONV_WEIGHT = (256, 256, 3, 3)
+
+RESULT_PREFIX = "BENCH_RESULT "  # marks a child process' answer among anything else it prints
+
+
+# --------------------------------------------------------------------------- timing
+
+
+@dataclass(frozen=True)
+class Timer:
+    """Median wall times of pieces of work, measured in interleaved rounds."""
+
+    repeats: int
+    warmup: int
+    device: torch.device
+
+    def __call__(self, works: dict[Hashable, Callable[[], object]]) -> dict[Hashable, float]:
+        """Median seconds of each work over `repeats` rounds that run every work once, after
+        `warmup` such rounds."""
+        seconds: dict[Hashable, list[float]] = {key: [] for key in works}
+        for round_ in range(self.warmup + self.repeats):
+            for key, work in works.items():
+                self._synchronize()
+                start = time.perf_counter()
+                work()
+                self._synchronize()  # a GPU works asynchronously: wait for it inside the timing
+                if round_ >= self.warmup:
+                    seconds[key].append(time.perf_counter() - start)
+        return {key: statistics.median(values) for key, values in seconds.items()}
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def load_average() -> str:
+    return " ".join(f"{load:.2f}" for load in os.getloadavg())
+
+
+def precisions_for(device: torch.device) -> dict[str, bool]:
+    """The fp32 modes to measure, by name: whether TF32 is on. TF32 exists on CUDA only."""
+    return {"fp32": False, "tf32": True} if device.type == "cuda" else {"fp32": False}
+
+
+def fp32_precision(device: torch.device, tf32: bool = False) -> AbstractContextManager:
+    """Within the block, fp32 convolutions and matmuls on `device` run as IEEE fp32, or as TF32
+    where `tf32` (CUDA only; torch's default for cuDNN convolutions is TF32). No-op on the CPU."""
+    return _cuda_precision(tf32) if device.type == "cuda" else nullcontext()
+
+
+@contextmanager
+def _cuda_precision(tf32: bool) -> Iterator[None]:
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = conv.fp32_precision, matmul.fp32_precision
+    conv.fp32_precision = matmul.fp32_precision = "tf32" if tf32 else "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved
+
+
+# --------------------------------------------------------------------------- the work
+
+
+def googlenet(device: torch.device) -> tuple[CaffeNet, VisModel]:
+    """The bundled GoogLeNet with random weights (the same each time), and the cnn-vis model
+    that runs it as the CLI does."""
+    preset = zoo.preset(MODEL)
+    network = zoo.architecture(preset)
+    return network, VisModel(network, preset.name, preset.mean_bgr, preset.convention, device=device)
+
+
+def caffe_style_googlenet(device: torch.device) -> CaffeNet:
+    """The same GoogLeNet held as Caffe held it: weights as parameters that want gradients,
+    blobs in Caffe's NCHW layout. It takes cnn-vis units (BGR minus the mean colour) as they are."""
+    network = zoo.architecture(zoo.preset(MODEL))
+    for layer in network.layers:
+        for name, blob in list(layer.named_buffers(recurse=False)):
+            delattr(layer, name)
+            layer.register_parameter(name, torch.nn.Parameter(blob))
+    return network.to(device)
+
+
+def noise_tiles(batch: int, device: torch.device) -> torch.Tensor:
+    """Tiles (batch, 3, 224, 224) of Gaussian noise in cnn-vis units, the same each time."""
+    generator = torch.Generator().manual_seed(0)
+    return (PIXEL_STD * torch.randn((batch, 3) + TILE, generator=generator)).to(device)
+
+
+def tile_step(model: VisModel, tiles: torch.Tensor, target: str, tf32: bool = False) -> torch.Tensor:
+    """The engine's tile-step, exactly as the optimiser calls it; returns d loss / d tiles."""
+    with fp32_precision(tiles.device, tf32):
+        return model.objective_gradient(tiles, target, OBJECTIVE)[1]
+
+
+def baseline_step(network: CaffeNet, tiles: torch.Tensor, target: str) -> torch.Tensor:
+    """What the 2015 tool asked of Caffe: every layer forward (to `prob`), then backward from
+    the target blob with weight gradients too (they accumulate, as Caffe's diffs did)."""
+    x = tiles.detach().requires_grad_(True)
+    with fp32_precision(tiles.device):
+        blob = network.blobs(x)[target]
+        _, top_gradient = OBJECTIVE(blob.detach())
+        blob.backward(top_gradient)
+    return x.grad
+
+
+def float64_gradient(network: CaffeNet, model: VisModel, tiles: torch.Tensor) -> torch.Tensor:
+    """The tile-step's gradient at MAIN_TARGET computed in float64: the fidelity reference."""
+    network.double()
+    try:
+        return tile_step(model, tiles.double(), MAIN_TARGET)
+    finally:
+        network.float()
+
+
+def multiply_adds(network: CaffeNet, target: str, device: torch.device) -> int:
+    """Multiply-adds for one tile of the convolution and inner-product layers that running
+    `network` to `target` executes (hooks on the layers that actually run)."""
+    kinds = {layer.name: layer.type for layer in googlenet_deploy().layer}
+    total = 0
+
+    def count(layer, inputs, outputs) -> None:
+        nonlocal total
+        if kinds[layer.name] == "Convolution":  # each output value: C_in/group * kh * kw
+            total += outputs[0].numel() * layer.blob0[0].numel()
+        elif kinds[layer.name] == "InnerProduct":  # each output value: one per input
+            total += outputs[0].numel() * layer.blob0.shape[1]
+
+    handles = [layer.register_forward_hook(count) for layer in network.layers]
+    try:
+        with torch.no_grad():
+            network.forward(torch.zeros((1, 3) + TILE, device=device), target)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+def large_convolutions(device: torch.device) -> tuple[int, dict[str, Callable[[], object]]]:
+    """The FLOPs of the large convolution, and the convolution itself in each memory format."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(LARGE_CONV_INPUT, generator=generator).to(device)   # (8, 256, 56, 56)
+    w = torch.randn(LARGE_CONV_WEIGHT, generator=generator).to(device)  # (256, 256, 3, 3)
+    batch, _, height, width = LARGE_CONV_INPUT
+    output_values = batch * LARGE_CONV_WEIGHT[0] * height * width  # stride 1, padding 1
+    flops = 2 * output_values * w[0].numel()  # each output value: C_in * 3 * 3 multiply-adds
+
+    def convolution(memory_format: torch.memory_format) -> Callable[[], object]:
+        xf, wf = x.contiguous(memory_format=memory_format), w.contiguous(memory_format=memory_format)
+
+        def run() -> torch.Tensor:
+            with torch.no_grad(), fp32_precision(device):
+                return F.conv2d(xf, wf, padding=1)
+        return run
+    return flops, {"NCHW": convolution(torch.contiguous_format),
+                   "channels_last": convolution(torch.channels_last)}
+
+
+# --------------------------------------------------------------------------- in-process sections
+
+
+@dataclass(frozen=True)
+class DeviceSummary:
+    """What later sections and the summary lines need from [1]-[3] on one device."""
+
+    tiles_per_second: dict[tuple[str, int], float]   # the engine's, per (target, batch)
+    fraction_of_conv_peak: float
+    speedup_vs_baseline: float
+
+
+def benchmark_in_process(device: torch.device, timer: Timer) -> DeviceSummary:
+    """[1]-[3]: every piece of work is built first, then all are timed together in rounds."""
+    engine_network, engine = googlenet(device)
+    baseline = caffe_style_googlenet(device)
+    precisions = precisions_for(device)
+    conv_flops, convolutions = large_convolutions(device)
+
+    works: dict[Hashable, Callable[[], object]] = {}
+    for precision, tf32 in precisions.items():
+        for target in TARGETS:
+            for batch in BATCHES:
+                works[precision, target, batch] = partial(
+                    tile_step, engine, noise_tiles(batch, device), target, tf32)
+    for target in TARGETS:
+        works["baseline", target] = partial(baseline_step, baseline, noise_tiles(1, device), target)
+    for name, convolution in convolutions.items():
+        works["conv", name] = convolution
+    seconds = timer(works)
+
+    macs = {target: multiply_adds(engine_network, target, device) for target in TARGETS}
+    # The engine as the CLI runs it: plain fp32 (IEEE on CUDA, not torch's TF32 default).
+    rate = {(target, batch): batch / seconds["fp32", target, batch]
+            for target in TARGETS for batch in BATCHES}
+    print_tile_steps(seconds, macs, rate)
+    print_precisions(engine_network, engine, precisions, seconds)
+    last = baseline.blob_names[-1]
+    speedup = print_baseline(seconds, macs, rate, multiply_adds(baseline, last, device), last)
+    conv_gflops = {name: conv_flops / seconds["conv", name] / 1e9 for name in convolutions}
+    fraction = print_efficiency(conv_gflops, macs, rate)
+    return DeviceSummary(rate, fraction, speedup)
+
+
+def _gflop_per_tile(multiply_adds_per_tile: int) -> float:
+    # 2 FLOPs per multiply-add forward, and as many again for the input gradient.
+    return 4 * multiply_adds_per_tile / 1e9
+
+
+def _best_batch(rate: dict[tuple[str, int], float], target: str) -> int:
+    return max(BATCHES, key=lambda batch: rate[target, batch])
+
+
+def print_tile_steps(seconds: dict, macs: dict[str, int], rate: dict[tuple[str, int], float]) -> None:
+    print("[1] tile-step: forward to the target + input gradient of amplify_layer, 224x224 tiles")
+    print(f"    {'target':26} {'batch':>5} {'ms/step':>9} {'tiles/s':>8} {'GFLOP/tile':>10} "
+          f"{'GFLOP/s':>8}")
+    for (target, batch), tiles_per_second in rate.items():
+        gflop = _gflop_per_tile(macs[target])
+        print(f"    {target:26} {batch:5d} {1e3 * seconds['fp32', target, batch]:9.1f} "
+              f"{tiles_per_second:8.2f} {gflop:10.2f} {gflop * tiles_per_second:8.1f}")
+
+
+def print_precisions(network: CaffeNet, model: VisModel, precisions: dict[str, bool],
+                     seconds: dict) -> None:
+    """[1b] Throughput at MAIN_TARGET in each precision mode, with the relative L2 error of the
+    gradient against float64 as the fidelity cost (fp32's own error is the yardstick: ReLU and
+    max-pool decisions near ties make even fp32 differ from float64 visibly)."""
+    print(f"[1b] tile-step at {MAIN_TARGET} by precision, with the relative L2 error of the "
+          "gradient against float64")
+    print(f"    {'precision':10} {'batch':>5} {'tiles/s':>8} {'L2 error vs float64':>20}")
+    for batch in BATCHES:
+        tiles = noise_tiles(batch, model.device)
+        reference = float64_gradient(network, model, tiles)
+        for precision, tf32 in precisions.items():
+            gradient = tile_step(model, tiles, MAIN_TARGET, tf32)
+            error = float((gradient.double() - reference).norm() / reference.norm())
+            tiles_per_second = batch / seconds[precision, MAIN_TARGET, batch]
+            print(f"    {precision:10} {batch:5d} {tiles_per_second:8.2f} {error:20.1e}")
+
+
+def print_baseline(seconds: dict, macs: dict[str, int], rate: dict[tuple[str, int], float],
+                   all_macs: int, last: str) -> float:
+    """[2] The baseline beside the engine; returns the speedup at MAIN_TARGET (best batch)."""
+    print(f"[2] baseline: whole net forward to '{last}', weights as trainable parameters, "
+          "backward from the target, batch 1")
+    print(f"    {'target':26} {'ms/step':>9} {'tiles/s':>8} {'GFLOP/tile':>10}"
+          f" {'engine b1 / baseline':>21} {'engine best / baseline':>23}")
+    speedup = {}
+    for target in TARGETS:
+        step = seconds["baseline", target]
+        # Forward through every layer; back from the target: input and weight gradients.
+        gflop = 2 * (all_macs + 2 * macs[target]) / 1e9
+        best = _best_batch(rate, target)
+        speedup[target] = rate[target, best] * step
+        print(f"    {target:26} {1e3 * step:9.1f} {1 / step:8.2f} {gflop:10.2f}"
+              f" {rate[target, 1] * step:20.2f}x {speedup[target]:17.2f}x (b{best})")
+    return speedup[MAIN_TARGET]
+
+
+def print_efficiency(conv_gflops: dict[str, float], macs: dict[str, int],
+                     rate: dict[tuple[str, int], float]) -> float:
+    """[3] Achieved GFLOP/s at MAIN_TARGET (best batch); returns its fraction of the peak."""
+    peak = max(conv_gflops.values())
+    best = _best_batch(rate, MAIN_TARGET)
+    achieved = _gflop_per_tile(macs[MAIN_TARGET]) * rate[MAIN_TARGET, best]
+    print(f"[3] large convolution 3x3 {LARGE_CONV_WEIGHT[1]}->{LARGE_CONV_WEIGHT[0]} on "
+          f"{'x'.join(map(str, LARGE_CONV_INPUT))}, forward: "
+          + ", ".join(f"{gflops:.1f} GFLOP/s ({name})" for name, gflops in conv_gflops.items())
+          + f"; peak {peak:.1f}")
+    print(f"    tile-step at {MAIN_TARGET}, batch {best}: {achieved:.1f} GFLOP/s = "
+          f"{achieved / peak:.2f} of the peak (convolution and inner-product multiply-adds, "
+          "forward and input gradient)")
+    return achieved / peak
+
+
+# --------------------------------------------------------------------------- child processes
+
+
+def run_child(kind: str, payload: object) -> dict:
+    """Run this script as a child (`--child kind payload`) and return its answer, with the
+    time it was launched under "launched"."""
+    launched = time.time()
+    completed = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--child", kind, json.dumps(payload)],
+        capture_output=True, text=True, cwd=REPO_ROOT)
+    answers = [line[len(RESULT_PREFIX):] for line in completed.stdout.splitlines()
+               if line.startswith(RESULT_PREFIX)]
+    if completed.returncode != 0 or not answers:
+        raise RuntimeError(f"the {kind} child failed (exit {completed.returncode}):\n"
+                           f"{completed.stderr[-3000:]}")
+    return {**json.loads(answers[-1]), "launched": launched}
+
+
+def _peak_rss_mb() -> float:
+    """This process' peak resident memory in MiB.
+
+    Linux's VmHWM rather than ru_maxrss: a child's ru_maxrss starts at its parent's peak
+    (exec keeps the high-water mark of the memory it replaces), which would count this
+    benchmark's own networks in every child's figure.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB elsewhere but macOS
+
+
+def cli_child(argv: list[str]) -> dict:
+    """In a child: cnn-vis' own `main(argv)`, with the time of every finished step recorded."""
+    marks: list[tuple[int, int, float]] = []  # (size index, step, time); (0, 0): optimisation starts
+    rss_before: list[float] = []
+
+    class TimedObserver(cli.ConsoleObserver):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            marks.append((0, 0, time.time()))  # the CLI makes its observer just before it optimises
+            rss_before.append(_peak_rss_mb())
+
+        def step_done(self, size_index: int, step: int) -> None:
+            super().step_done(size_index, step)  # the step ends with a finiteness check: synchronised
+            marks.append((size_index, step, time.time()))
+
+    cli.ConsoleObserver = TimedObserver
+    status = cli.main(argv)
+    if status != 0:
+        raise RuntimeError(f"cnn-vis {' '.join(argv)} exited with status {status}")
+    return {"marks": marks, "peak_rss_mb": _peak_rss_mb(), "rss_before_mb": rss_before[0],
+            "peak_cuda_mb": (torch.cuda.max_memory_allocated() / 2 ** 20
+                             if torch.cuda.is_initialized() else None)}
+
+
+def caffe_child(payload: dict) -> dict:
+    """In a child: real Caffe's tile-step the 2015 way (full forward, backward from the target)
+    and as cnn-vis' `--backend caffe` engine runs it, in seconds per step."""
+    os.environ.setdefault("GLOG_minloglevel", "2")  # before the import: no per-layer log lines
+    try:
+        import caffe
+    except ImportError as error:
+        return {"skipped": f"import caffe failed: {error}"}
+    caffe.set_mode_cpu()
+    cpu = torch.device("cpu")
+    works: dict[Hashable, Callable[[], object]] = {}
+    for batch in BATCHES:
+        # One network per batch size, so that no round reshapes one.
+        net = caffe.Net(payload["prototxt"], payload["caffemodel"], caffe.TEST)
+        net.blobs["data"].reshape(batch, 3, *TILE)
+        net.reshape()
+        net.blobs["data"].data[...] = noise_tiles(batch, cpu).numpy()
+        backend = zoo.load_model(MODEL, caffe_model=payload["caffemodel"], backend="caffe")
+        for target in TARGETS:
+            works[f"2015|{target}|{batch}"] = partial(_caffe_2015_step, net, target)
+            works[f"backend|{target}|{batch}"] = partial(
+                backend.objective_gradient, noise_tiles(batch, cpu), target, OBJECTIVE)
+    return {"seconds": Timer(payload["repeats"], payload["warmup"], cpu)(works)}
+
+
+def _caffe_2015_step(net, target: str) -> None:
+    """One tile-step as the 2015 cnn_vis.py's get_cnn_grads ran it on a caffe.Net."""
+    net.forward()
+    _, top_gradient = OBJECTIVE(torch.from_numpy(net.blobs[target].data))
+    net.blobs[target].diff[...] = top_gradient.numpy()
+    net.backward(start=target)
+
+
+CHILDREN: dict[str, Callable[[object], dict]] = {"cli": cli_child, "caffe": caffe_child}
+
+
+def write_googlenet_files(directory: Path) -> tuple[Path, Path, int]:
+    """The bundled GoogLeNet as Caffe files: a deploy prototxt (force_backward, as the 2015 tool
+    wrote it) and a caffemodel of random weights written with our caffe.proto. Returns both
+    paths and the number of weights."""
+    deploy = googlenet_deploy()
+    deploy.force_backward = True
+    prototxt = directory / "deploy.prototxt"
+    prototxt.write_text(text_format.MessageToString(deploy))
+    weights = pb.NetParameter(name=deploy.name)
+    count = 0
+    for layer in zoo.architecture(zoo.preset(MODEL)).layers:
+        blobs = [blob for _, blob in layer.named_buffers(recurse=False)]
+        if blobs:
+            stored = weights.layer.add(name=layer.name)
+            for blob in blobs:
+                stored.blobs.add(shape=pb.BlobShape(dim=blob.shape), data=blob.flatten().tolist())
+                count += blob.numel()
+    caffemodel = directory / "bvlc_googlenet.caffemodel"
+    caffemodel.write_bytes(weights.SerializeToString())
+    return prototxt, caffemodel, count
+
+
+def _step_seconds(marks: list[list[float]]) -> dict[int, list[float]]:
+    """Seconds each step took, per size index, from a CLI child's (size, step, time) marks; the
+    first step of a size includes the resize and the set-up of that size."""
+    per_size: dict[int, list[float]] = {}
+    for (_, _, before), (size_index, _, after) in zip(marks, marks[1:]):
+        per_size.setdefault(size_index, []).append(after - before)
+    return per_size
+
+
+def _memory(run: dict) -> str:
+    text = (f"{run['peak_rss_mb']:.0f} MB ({run['rss_before_mb']:.0f} MB before the "
+            "optimisation started)")
+    return text + (f"; GPU {run['peak_cuda_mb']:.0f} MB allocated" if run["peak_cuda_mb"] else "")
+
+
+def section_end_to_end(caffemodel: Path, device: torch.device, steps: int, work: Path) -> None:
+    """[4] The CLI's own code path, each run in its own process (peak memory is per process)."""
+    common = ["--caffe_model", str(caffemodel), "--gpu", "0" if device.type == "cuda" else "-1",
+              *EXAMPLE_1, "--seed", "0"]
+    initial, final, count = EXAMPLE_1_SIZES
+    sizes = size_sequence(initial, final, count, "geometric")
+    print(f"[4] CLI end to end (example 1: {initial[0]}x{initial[1]} -> {final[0]}x{final[1]}, "
+          f"{count} geometric sizes, batch 25), {steps} step(s) per size; load {load_average()}"
+          + ("; torch's default cuDNN precision" if device.type == "cuda" else ""), flush=True)
+    run = run_child("cli", common + [
+        "--initial_size", "x".join(map(str, initial)), "--final_size", "x".join(map(str, final)),
+        "--num_sizes", str(count), "--num_steps", str(steps),
+        "--output_file", str(work / "example1.png")])
+    step_columns = " ".join(f"{f'step {i} s':>9}" for i in range(1, steps + 1))
+    print(f"    {'size':>10} {'regions':>7} {step_columns} {'tiles/s':>8}")
+    for size, seconds in zip(sizes, _step_seconds(run["marks"]).values()):
+        regions = sum(len(group) for group in checkerboard_groups(*size, *TILE))
+        print(f"    {size[0]:>4}x{size[1]:<5} {regions:7d} " + " ".join(f"{s:9.2f}" for s in seconds)
+              + f" {regions / seconds[-1]:8.2f}")
+    print(f"    peak resident memory: {_memory(run)}")
+
+    large = run_child("cli", common + ["--initial_size", "x".join(map(str, LARGE_SIZE)),
+                                       "--num_steps", "1", "--output_file", str(work / "large.png")])
+    regions = sum(len(group) for group in checkerboard_groups(*LARGE_SIZE, *TILE))
+    seconds = _step_seconds(large["marks"])[1][0]
+    print(f"    one step at {LARGE_SIZE[0]}x{LARGE_SIZE[1]} ({regions} regions): {seconds:.2f} s "
+          f"({regions / seconds:.2f} tiles/s); peak resident memory {_memory(large)}")
+
+
+def section_start_up(caffemodel: Path, weight_count: int, repeats: int, work: Path) -> None:
+    """Process start to the first finished step of a tiny CLI run (224x224, 1 step, CPU)."""
+    print("[start-up] process start to the first step_done of a tiny CLI run (224x224, one step, "
+          f"CPU), median of {repeats} after a warm-up; load {load_average()}", flush=True)
+    tiny = ["--gpu", "-1", "--num_steps", "1", "--seed", "0", "--iter_behavior", "print",
+            "--output_file", str(work / "start-up.png")]
+    models = {
+        "efficientnet_lite0 (package weights)": ["--model", "efficientnet_lite0"],
+        f"bvlc_googlenet (caffemodel, {weight_count / 1e6:.1f}M weights)":
+            ["--model", MODEL, "--caffe_model", str(caffemodel)],
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(repeats + 1):  # in rounds, like the in-process timings; the first warms the caches
+        for name, model_args in models.items():
+            run = run_child("cli", tiny + model_args)
+            _, _, first_step_done = run["marks"][1]
+            seconds[name].append(first_step_done - run["launched"])
+    for name, values in seconds.items():
+        print(f"    {name:45} {statistics.median(values[1:]):6.2f} s")
+
+
+def section_caffe(prototxt: Path, caffemodel: Path, timer: Timer, engine: DeviceSummary,
+                  engine_device: torch.device) -> None:
+    """Real Caffe (pycaffe, CPU) beside the engine's results on `engine_device`, where
+    `import caffe` works."""
+    if importlib.util.find_spec("caffe") is None:
+        print("[caffe] skipped: pycaffe is not installed (scripts/install_pycaffe.sh installs it)")
+        return
+    print("[caffe] pycaffe on the CPU, tiles/s: the 2015 way (full forward, backward from the "
+          f"target) and cnn-vis' --backend caffe engine; load {load_average()}", flush=True)
+    answer = run_child("caffe", {"prototxt": str(prototxt), "caffemodel": str(caffemodel),
+                                 "repeats": timer.repeats, "warmup": timer.warmup})
+    if "skipped" in answer:
+        print(f"    skipped: {answer['skipped']}")
+        return
+    torch_column = f"torch {engine_device.type}"
+    print(f"    {'target':26} {'batch':>5} {'caffe 2015':>10} {'--backend caffe':>15} "
+          f"{torch_column:>10} {'torch / caffe 2015':>18}")
+    for target in TARGETS:
+        for batch in BATCHES:
+            caffe_2015, backend = (batch / answer["seconds"][f"{way}|{target}|{batch}"]
+                                   for way in ("2015", "backend"))
+            torch_rate = engine.tiles_per_second[target, batch]
+            print(f"    {target:26} {batch:5d} {caffe_2015:10.2f} {backend:15.2f} {torch_rate:10.2f} "
+                  f"{torch_rate / caffe_2015:17.2f}x")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def benchmark_device(device: torch.device, timer: Timer, caffemodel: Path, steps: int,
+                     work: Path) -> DeviceSummary:
+    """Sections [1]-[4] on one device."""
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"{torch.get_num_threads()} threads")
+    print(f"\n=== {device.type}: {name}; load {load_average()} ===", flush=True)
+    summary = benchmark_in_process(device, timer)
+    section_end_to_end(caffemodel, device, steps, work)
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer repetitions and one step per size (about half the time)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="auto: the CPU, then CUDA where available")
+    parser.add_argument("--child", nargs=2, metavar=("KIND", "JSON"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, payload = args.child
+        print(RESULT_PREFIX + json.dumps(CHILDREN[kind](json.loads(payload))), flush=True)
+        return
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available here")
+    devices = [torch.device("cuda")] if args.device == "cuda" else [torch.device("cpu")]
+    if args.device == "auto" and torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    repeats, warmup, steps = (3, 1, 1) if args.quick else (5, 2, 2)
+    started = time.perf_counter()
+    print(f"cnn-vis benchmark: torch {torch.__version__}, {os.cpu_count()} CPUs; medians of "
+          f"{repeats} runs after {warmup} warm-up(s); load average {load_average()}", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="cnn-vis-bench-") as directory:
+        work = Path(directory)
+        prototxt, caffemodel, weight_count = write_googlenet_files(work)
+        # The summary lines and the Caffe comparison are the first device's (the CPU unless
+        # --device cuda).
+        summaries = [benchmark_device(device, Timer(repeats, warmup, device), caffemodel, steps,
+                                      work) for device in devices]
+        print("\n=== start-up and Caffe (CPU) ===", flush=True)
+        section_start_up(caffemodel, weight_count, 1 if args.quick else 3, work)
+        section_caffe(prototxt, caffemodel, Timer(repeats, warmup, torch.device("cpu")),
+                      summaries[0], devices[0])
+
+    print(f"\nload average {load_average()}; "
+          f"the benchmark took {time.perf_counter() - started:.0f} s")
+    print(f"fraction_of_conv_peak: {summaries[0].fraction_of_conv_peak:.3f}")
+    print(f"speedup_vs_baseline: {summaries[0].speedup_vs_baseline:.3f}")
+
+
+if __name__ == "__main__":
+    main()
