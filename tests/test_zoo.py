@@ -6,7 +6,6 @@ import io
 import tarfile
 import threading
 
-import numpy as np
 import pytest
 from PIL import Image
 from skimage import data as samples
