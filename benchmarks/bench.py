@@ -15,8 +15,9 @@ on the weights). Sections:
   [3] achieved GFLOP/s of the tile-step against one large convolution's;
   [4] the CLI end to end: example 1's size schedule, and one step at 2160x3840, with the
       peak resident memory of each;
-  then start-up (process start to the first step) and, where pycaffe is importable, real
-  Caffe's tile-step. With CUDA, [1]-[4] run on the GPU too.
+  then start-up (process start to the first step), the CPU tile-step with and without
+  the engine's malloc setting, and, where pycaffe is importable, real Caffe's tile-step.
+  With CUDA, [1]-[4] run on the GPU too.
 
 Timings are medians of several runs after warm-up. The in-process ones are taken in
 rounds (one run of every piece of work per round), so that a change in the load of a
@@ -55,6 +56,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # so that a checkout runs without installing the package
 
 from cnnvis import cli, zoo  # noqa: E402
+from cnnvis import model as model_module  # noqa: E402
 from cnnvis.caffe import CaffeNet  # noqa: E402
 from cnnvis.caffe import caffe_pb2 as pb  # noqa: E402
 from cnnvis.googlenet import googlenet_deploy  # noqa: E402
@@ -443,7 +445,23 @@ def _caffe_2015_step(net, target: str) -> None:
     net.backward(start=target)
 
 
-CHILDREN: dict[str, Callable[[object], dict]] = {"cli": cli_child, "caffe": caffe_child}
+def allocator_child(payload: dict) -> dict:
+    """In a child: the CPU tile-step at MAIN_TARGET, batch 8, with glibc's malloc keeping freed
+    memory (as TorchEngine sets it) or left as it is; seconds and minor page faults per step."""
+    if not payload["keep"]:
+        model_module.keep_freed_memory = lambda: None  # TorchEngine would set it process-wide
+    _, engine = googlenet(torch.device("cpu"))
+    step = partial(tile_step, engine, noise_tiles(8, torch.device("cpu")), MAIN_TARGET)
+    for _ in range(payload["warmup"]):  # the first steps fault in memory in any case
+        step()
+    faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    seconds = Timer(payload["repeats"], 0, torch.device("cpu"))({"step": step})["step"]
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before) / payload["repeats"]
+    return {"seconds": seconds, "faults": faults, "peak_rss_mb": _peak_rss_mb()}
+
+
+CHILDREN: dict[str, Callable[[object], dict]] = {
+    "cli": cli_child, "caffe": caffe_child, "allocator": allocator_child}
 
 
 def write_googlenet_files(directory: Path) -> tuple[Path, Path, int]:
@@ -533,6 +551,23 @@ def section_start_up(caffemodel: Path, weight_count: int, repeats: int, work: Pa
         print(f"    {name:45} {statistics.median(values[1:]):6.2f} s")
 
 
+def section_allocator(timer: Timer) -> None:
+    """The CPU tile-step with and without TorchEngine's malloc setting (keep_freed_memory), each
+    in its own process: the setting is process-wide and cannot be undone."""
+    print(f"[allocator] tile-step at {MAIN_TARGET}, batch 8, CPU, with glibc's malloc keeping "
+          f"freed memory (cnn-vis' setting) and as it is by default; load {load_average()}",
+          flush=True)
+    print(f"    {'malloc':10} {'tiles/s':>8} {'page faults/step':>17} {'peak memory MB':>15}")
+    rates = {}
+    for keep in (True, False):
+        run = run_child("allocator", {"keep": keep, "repeats": timer.repeats,
+                                      "warmup": timer.warmup})
+        rates[keep] = 8 / run["seconds"]
+        print(f"    {'keeps' if keep else 'default':10} {rates[keep]:8.2f} {run['faults']:17.0f} "
+              f"{run['peak_rss_mb']:15.0f}")
+    print(f"    keeping freed memory: {rates[True] / rates[False]:.2f}x the tiles/s")
+
+
 def section_caffe(prototxt: Path, caffemodel: Path, timer: Timer, engine: DeviceSummary,
                   engine_device: torch.device) -> None:
     """Real Caffe (pycaffe, CPU) beside the engine's results on `engine_device`, where
@@ -603,8 +638,9 @@ def main() -> None:
         # --device cuda).
         summaries = [benchmark_device(device, Timer(repeats, warmup, device), caffemodel, steps,
                                       work) for device in devices]
-        print("\n=== start-up and Caffe (CPU) ===", flush=True)
+        print("\n=== start-up, allocator and Caffe (CPU) ===", flush=True)
         section_start_up(caffemodel, weight_count, 1 if args.quick else 3, work)
+        section_allocator(Timer(repeats, warmup, torch.device("cpu")))
         section_caffe(prototxt, caffemodel, Timer(repeats, warmup, torch.device("cpu")),
                       summaries[0], devices[0])
 

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnvis.convolution import conv2d
 from cnnvis.errors import UserError
 
 # Pixel p in 0..255 enters the network as (p - INPUT_MEAN) / INPUT_SCALE, RGB order.
@@ -125,9 +126,9 @@ class _SameConv2d(nn.Conv2d):
         top, bottom = _tf_same_padding(x.shape[-2], self.kernel_size[0], self.stride[0])
         left, right = _tf_same_padding(x.shape[-1], self.kernel_size[1], self.stride[1])
         if top == bottom and left == right:  # symmetric: let the convolution pad, no copy
-            return F.conv2d(x, self.weight, None, self.stride, (top, left), 1, self.groups)
+            return conv2d(x, self.weight, None, self.stride, (top, left), 1, self.groups)
         x = F.pad(x, (left, right, top, bottom))
-        return F.conv2d(x, self.weight, None, self.stride, 0, 1, self.groups)
+        return conv2d(x, self.weight, None, self.stride, 0, 1, self.groups)
 
 
 def _pointwise_conv(in_channels: int, out_channels: int) -> nn.Conv2d:

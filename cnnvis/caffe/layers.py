@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from cnnvis import convolution
 from cnnvis.caffe import caffe_pb2 as pb
 from cnnvis.errors import UserError
 
@@ -111,7 +112,7 @@ def _convolution(layer, bottoms: list[Shape]) -> LayerPlan:
     blobs = [BlobSpec((p.num_output, channels // p.group, kh, kw), "fan_in")]
     if p.bias_term:
         blobs.append(BlobSpec((p.num_output,), "zeros"))
-    conv = partial(F.conv2d, stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw), groups=p.group)
+    conv = partial(convolution.conv2d, stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw), groups=p.group)
     return LayerPlan(blobs, _keep(lambda x, w, b=None: conv(x, w, b)))
 
 
@@ -219,36 +220,40 @@ def _lrn_across_channels(x: torch.Tensor, size: int, alpha: float, beta: float,
 
 
 def _channel_window_sum(t: torch.Tensor, size: int) -> torch.Tensor:
-    """Sum over the `size` channels centred on each channel (zeros beyond the edges)."""
-    pad = size // 2
-    padded = F.pad(t, (0, 0, 0, 0, pad, pad))           # (N, C + size - 1, H, W)
+    """Sum over the `size` channels centred on each channel (zeros beyond the edges).
+
+    In-place adds of shifted channel slices: no padded copy, and t's memory format kept.
+    """
+    total = t.clone()
     channels = t.shape[1]
-    total = padded[:, :channels].clone()
-    for offset in range(1, size):
-        total += padded[:, offset:offset + channels]
+    for shift in range(1, size // 2 + 1):
+        total[:, shift:] += t[:, :channels - shift]
+        total[:, :channels - shift] += t[:, shift:]
     return total
 
 
 class _CrossChannelLRN(torch.autograd.Function):
     """Caffe's LRN across channels with its closed-form gradient (Caffe's own backward):
     dx = dy * scale^-beta - (2 alpha beta / n) * x * window_sum(dy * y / scale).
-    One saved scale tensor instead of autograd's chain of pow/div/mul intermediates."""
+    It saves scale and scale^-beta (the costly power) instead of autograd's chain of
+    intermediates, and works in place where it can: LRN runs on the largest blobs."""
 
     @staticmethod
     def forward(ctx, x, size, alpha, beta, k):
-        scale = k + (alpha / size) * _channel_window_sum(x * x, size)
-        y = x * scale.pow(-beta)
-        ctx.save_for_backward(x, y, scale)
+        scale = _channel_window_sum(x * x, size).mul_(alpha / size).add_(k)
+        scale_power = scale.pow(-beta)
+        y = x * scale_power
+        ctx.save_for_backward(x, y, scale, scale_power)
         ctx.constants = size, alpha, beta
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, y, scale = ctx.saved_tensors
+        x, y, scale, scale_power = ctx.saved_tensors
         size, alpha, beta = ctx.constants
-        accumulated = _channel_window_sum(dy * y / scale, size)
-        dx = dy * scale.pow(-beta) - (2 * alpha * beta / size) * x * accumulated
-        return dx, None, None, None, None
+        correction = _channel_window_sum((dy * y).div_(scale), size)
+        correction.mul_(x).mul_(2 * alpha * beta / size)
+        return (dy * scale_power).sub_(correction), None, None, None, None
 
 
 def _lrn_within_channel(x: torch.Tensor, size: int, alpha: float, beta: float) -> torch.Tensor:

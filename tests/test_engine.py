@@ -1,0 +1,34 @@
+"""TorchEngine runs a batch a few tiles at a time."""
+import torch
+
+from cnnvis.caffe import CaffeNet, parse_prototxt
+from cnnvis.model import TorchEngine
+from cnnvis.objectives import amplify_layer
+
+# A strided RGB convolution (the phased input gradient), LRN across channels, a branch.
+NET = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 20 dim: 20 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 8 kernel_size: 5 pad: 2 stride: 2 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "norm1" type: "LRN" bottom: "conv1" top: "norm1"
+        lrn_param { local_size: 5 alpha: 0.1 beta: 0.75 } }
+layer { name: "a" type: "Convolution" bottom: "norm1" top: "a" convolution_param { num_output: 4 kernel_size: 1 } }
+layer { name: "b" type: "Convolution" bottom: "norm1" top: "b"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "cat" type: "Concat" bottom: "a" bottom: "b" top: "cat" }
+"""
+
+
+def test_a_batch_larger_than_one_run_gives_each_tile_its_own_gradient():
+    engine = TorchEngine(CaffeNet(parse_prototxt(NET), None).eval())
+    tiles = 30 * torch.randn(TorchEngine.TILES_PER_RUN * 2 + 3, 3, 20, 20,
+                             generator=torch.Generator().manual_seed(0))
+    objective = amplify_layer(l1_weight=1.0, l2_weight=1.0, grad_clip=5.0)
+    loss, gradient = engine.objective_gradient(tiles, "cat", objective)
+    singles = [engine.objective_gradient(tile[None], "cat", objective) for tile in tiles]
+    assert gradient.shape == tiles.shape
+    torch.testing.assert_close(loss, sum(single_loss for single_loss, _ in singles))
+    torch.testing.assert_close(gradient, torch.cat([single for _, single in singles]),
+                               rtol=1e-5, atol=1e-5 * gradient.abs().max())
+
