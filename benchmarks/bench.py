@@ -8,8 +8,9 @@ to the target blob and the input gradient of the amplify_layer objective, for on
 tile. GoogLeNet is the bundled architecture with random weights (speed does not depend
 on the weights). Sections:
 
-  [1] tile-step throughput at two targets, batch 1 and 8, and [1b] its numerical error
-      in each fp32 precision mode (TF32 too on CUDA);
+  [1] tile-step throughput at two targets, batch 1 and 8, [1b] its numerical error
+      in each fp32 precision mode (TF32 too on CUDA), and [1c] conv1's input gradient
+      by F.conv2d and by the engine's phases;
   [2] a 2015-style baseline: the whole net forward, weights as trainable parameters,
       backward from the target (what the 2015 tool asked of Caffe), batch 1;
   [3] achieved GFLOP/s of the tile-step against one large convolution's;
@@ -55,7 +56,7 @@ from google.protobuf import text_format
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # so that a checkout runs without installing the package
 
-from cnnvis import cli, zoo  # noqa: E402
+from cnnvis import cli, convolution, zoo  # noqa: E402
 from cnnvis import model as model_module  # noqa: E402
 from cnnvis.caffe import CaffeNet  # noqa: E402
 from cnnvis.caffe import caffe_pb2 as pb  # noqa: E402
@@ -240,6 +241,23 @@ def large_convolutions(device: torch.device) -> tuple[int, dict[str, Callable[[]
                    "channels_last": convolution(torch.channels_last)}
 
 
+def first_convolution_gradients(device: torch.device) -> dict[str, Callable[[], object]]:
+    """GoogLeNet's conv1 (7x7, stride 2, 3 -> 64 channels) at batch 8, forward and input
+    gradient: by F.conv2d's own backward, and by cnnvis.convolution's phases (the engine's)."""
+    generator = torch.Generator().manual_seed(0)
+    x = noise_tiles(8, device).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    w = torch.randn((64, 3, 7, 7), generator=generator).to(device, memory_format=torch.channels_last)
+    top_gradient = torch.randn((8, 64, 112, 112), generator=generator).to(
+        device, memory_format=torch.channels_last)
+
+    def gradient(conv2d: Callable[..., torch.Tensor]) -> Callable[[], object]:
+        def run() -> tuple[torch.Tensor, ...]:
+            with fp32_precision(device):
+                return torch.autograd.grad(conv2d(x, w, None, 2, 3), x, top_gradient)
+        return run
+    return {"F.conv2d": gradient(F.conv2d), "phases": gradient(convolution.conv2d)}
+
+
 # --------------------------------------------------------------------------- in-process sections
 
 
@@ -267,8 +285,10 @@ def benchmark_in_process(device: torch.device, timer: Timer) -> DeviceSummary:
                     tile_step, engine, noise_tiles(batch, device), target, tf32)
     for target in TARGETS:
         works["baseline", target] = partial(baseline_step, baseline, noise_tiles(1, device), target)
-    for name, convolution in convolutions.items():
-        works["conv", name] = convolution
+    for name, work in convolutions.items():
+        works["conv", name] = work
+    for name, work in first_convolution_gradients(device).items():
+        works["conv1", name] = work
     seconds = timer(works)
 
     macs = {target: multiply_adds(engine_network, target, device) for target in TARGETS}
@@ -277,6 +297,7 @@ def benchmark_in_process(device: torch.device, timer: Timer) -> DeviceSummary:
             for target in TARGETS for batch in BATCHES}
     print_tile_steps(seconds, macs, rate)
     print_precisions(engine_network, engine, precisions, seconds)
+    print_first_convolution(seconds)
     last = baseline.blob_names[-1]
     speedup = print_baseline(seconds, macs, rate, multiply_adds(baseline, last, device), last)
     conv_gflops = {name: conv_flops / seconds["conv", name] / 1e9 for name in convolutions}
@@ -319,6 +340,13 @@ def print_precisions(network: CaffeNet, model: VisModel, precisions: dict[str, b
             error = float((gradient.double() - reference).norm() / reference.norm())
             tiles_per_second = batch / seconds[precision, MAIN_TARGET, batch]
             print(f"    {precision:10} {batch:5d} {tiles_per_second:8.2f} {error:20.1e}")
+
+
+def print_first_convolution(seconds: dict) -> None:
+    plain, phases = seconds["conv1", "F.conv2d"], seconds["conv1", "phases"]
+    print(f"[1c] conv1 (7x7/2, 3->64 channels), batch 8, forward + input gradient: "
+          f"{1e3 * plain:.1f} ms by F.conv2d's backward, {1e3 * phases:.1f} ms by phases "
+          f"(cnn-vis): {plain / phases:.2f}x")
 
 
 def print_baseline(seconds: dict, macs: dict[str, int], rate: dict[tuple[str, int], float],

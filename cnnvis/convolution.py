@@ -6,8 +6,9 @@ the first convolution: a transposed convolution to 3 channels with stride 2 (Goo
 their speed. The same gradient is, for each of the stride_h * stride_w phases of the
 input (rows s*r + a, columns s*q + b), a stride-1 transposed convolution with the
 kernel's taps of that phase (w[:, :, a::s, b::s]). All phases run as one stride-1
-transposed convolution with s*s times the output channels, then are interleaved:
-2.5x faster for GoogLeNet's conv1 on a 2-core CPU (benchmarks/bench.py).
+transposed convolution with s*s times the output channels, then are interleaved.
+GoogLeNet's conv1, forward and input gradient, is then 2x faster on a 2-core CPU
+(benchmarks/bench.py, section [1c]).
 """
 from __future__ import annotations
 
