@@ -61,17 +61,19 @@ class TorchEngine:
 
     Weights and inputs are kept channels-last (NHWC): the convolution libraries behind
     PyTorch (oneDNN on CPUs, cuDNN) run faster on it and skip layout conversions.
-    Gradients are computed `TILES_PER_RUN` tiles at a time, however many the optimiser
-    sends, so that memory grows with the image, not with the batch size. On a 2-core CPU
-    4 to 25 tiles per run are equally fast per tile.
+    On a CPU, gradients are computed `CPU_TILES_PER_RUN` tiles at a time, however many the
+    optimiser sends: memory then grows with the image, not with --batch_size, and on a
+    2-core CPU 4 to 25 tiles per run are equally fast per tile. A GPU takes the whole
+    batch at once, as --batch_size says.
     """
 
-    TILES_PER_RUN = 8
+    CPU_TILES_PER_RUN = 8
 
     def __init__(self, network: BlobNetwork, device: torch.device = torch.device("cpu")):
         self.network = network.to(device, memory_format=torch.channels_last)
         self.input_size: tuple[int, int] = tuple(network.input_size)
         self.blob_names: list[str] = network.blob_names
+        self.tiles_per_run = self.CPU_TILES_PER_RUN if device.type == "cpu" else None
         if device.type == "cpu":
             keep_freed_memory()
 
@@ -83,7 +85,7 @@ class TorchEngine:
                            objective: Objective) -> tuple[torch.Tensor, torch.Tensor]:
         losses, gradients = [], []
         with torch.enable_grad():
-            for tiles in x.detach().split(self.TILES_PER_RUN):
+            for tiles in x.detach().split(self.tiles_per_run or len(x)):
                 tiles = tiles.contiguous(memory_format=torch.channels_last).requires_grad_(True)
                 blob = self.network.forward(tiles, target)
                 loss, top_gradient = objective(blob.detach())

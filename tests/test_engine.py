@@ -1,4 +1,4 @@
-"""TorchEngine runs a batch a few tiles at a time."""
+"""TorchEngine runs a batch a few tiles at a time on a CPU."""
 import torch
 
 from cnnvis.caffe import CaffeNet, parse_prototxt
@@ -22,7 +22,7 @@ layer { name: "cat" type: "Concat" bottom: "a" bottom: "b" top: "cat" }
 
 def test_a_batch_larger_than_one_run_gives_each_tile_its_own_gradient():
     engine = TorchEngine(CaffeNet(parse_prototxt(NET), None).eval())
-    tiles = 30 * torch.randn(TorchEngine.TILES_PER_RUN * 2 + 3, 3, 20, 20,
+    tiles = 30 * torch.randn(TorchEngine.CPU_TILES_PER_RUN * 2 + 3, 3, 20, 20,
                              generator=torch.Generator().manual_seed(0))
     objective = amplify_layer(l1_weight=1.0, l2_weight=1.0, grad_clip=5.0)
     loss, gradient = engine.objective_gradient(tiles, "cat", objective)
