@@ -276,3 +276,38 @@ def test_missing_weights_names_layer():
              'convolution_param { num_output: 2 kernel_size: 3 } }')
     with pytest.raises(UserError, match=r"layer 'c' needs 2 weight blob\(s\).*no weights"):
         one_layer_net((1, 1, 6, 6), layer, {"other": [np.zeros(1)]})
+
+
+FLAT = ('layer { name: "flat" type: "Flatten" bottom: "data" top: "flat" '
+        'flatten_param { axis: 0 } }\n')  # a 1-D blob of 16 values
+
+
+@pytest.mark.parametrize("layers, message", [
+    ('layer { name: "c" type: "Convolution" bottom: "data" top: "c" '
+     'convolution_param { num_output: 2 kernel_size: 3 dilation: 2 pad: 1 } }',
+     r"layer 'c' \(Convolution\): its kernel \(3x3, dilation 2x2\) is larger than its padded "
+     r"input \(4x4\)"),
+    ('layer { name: "c" type: "Convolution" bottom: "data" top: "c" '
+     'convolution_param { num_output: 2 kernel_size: 1 stride: 4294967295 } }',
+     r"layer 'c' \(Convolution\): stride 4294967295 is too large \(at most 2147483647\)"),
+    ('layer { name: "p" type: "Pooling" bottom: "data" top: "p" '
+     'pooling_param { pool: MAX kernel_size: 3 round_mode: FLOOR } }',
+     r"layer 'p' \(Pooling\): its kernel \(3x3\) is larger than its padded input \(2x2\)"),
+    (FLAT + 'layer { name: "n" type: "LRN" bottom: "flat" top: "n" }',
+     r"layer 'n' \(LRN\): its bottom has shape \(16,\), but it takes a 4-D blob"),
+    (FLAT + 'layer { name: "b" type: "BatchNorm" bottom: "flat" top: "b" }',
+     r"layer 'b' \(BatchNorm\): its bottom has shape \(16,\), but it takes a blob with channels"),
+    ('layer { name: "f" type: "Flatten" bottom: "data" top: "f" '
+     'flatten_param { axis: 2 end_axis: 1 } }',
+     r"layer 'f' \(Flatten\): end_axis 1 comes before axis 2 in a 4-D blob"),
+    ('layer { name: "f" type: "Flatten" bottom: "data" top: "f" flatten_param { axis: 2 } }\n'
+     'layer { name: "s" type: "Scale" bottom: "data" bottom: "f" top: "s" scale_param { axis: 1 } }',
+     r"layer 's' \(Scale\): its scale bottom has shape \(1, 4, 4\), but its first bottom "
+     r"\(1, 4, 2, 2\) needs \(4, 2, 2\) from axis 1"),
+    ('layer { name: "s" type: "Scale" bottom: "data" top: "s" scale_param { axis: 2 num_axes: 3 } }',
+     r"layer 's' \(Scale\): its scale would cover 3 axes of a 4-D bottom from axis 2"),
+], ids=["kernel-beyond-input", "stride-beyond-c-int", "pool-beyond-input", "lrn-on-1d",
+        "batchnorm-on-1d", "flatten-backwards", "scale-bottom-mismatch", "scale-too-many-axes"])
+def test_bottoms_a_layer_cannot_take_are_refused_before_running(layers, message):
+    with pytest.raises(UserError, match=message):
+        one_layer_net((1, 4, 2, 2), layers)

@@ -9,9 +9,11 @@ import torch.nn.functional as F
 from PIL import Image
 from skimage import data as samples
 
-from cnnvis.caffe import load_caffe_net, read_caffemodel, read_prototxt
+from cnnvis.caffe import (CaffeNet, caffe_pb2 as pb, load_caffe_net, parse_prototxt,
+                          read_caffemodel, read_prototxt)
 from cnnvis.errors import UserError
-from tests.caffe_files import write_model
+from cnnvis.googlenet import googlenet_deploy
+from tests.caffe_files import PLAIN_CNN, RESIDUAL, write_model
 
 RNG = np.random.default_rng(1)
 
@@ -195,3 +197,22 @@ def test_open_nsfw_resnet50_from_the_nsfw_package():
     assert prob.shape == (3, 2)
     np.testing.assert_allclose(prob.sum(axis=1), 1, rtol=1e-5)
     assert (prob[:, 1] < 0.5).all(), prob
+
+
+# ------------------------------------------------------ shapes without running
+
+def _networks_to_shape() -> dict[str, pb.NetParameter]:
+    networks = {"tiny": TINY, "tiny_v1": TINY_V1, "plain_cnn": PLAIN_CNN, "residual": RESIDUAL}
+    parsed = {name: parse_prototxt(text) for name, text in networks.items()}
+    parsed["googlenet"] = googlenet_deploy()
+    if NSFW_SPEC is not None:
+        parsed["open_nsfw"] = read_prototxt(Path(NSFW_SPEC.origin).parent / "deploy.prototxt")
+    return parsed
+
+
+@pytest.mark.parametrize("name, net", _networks_to_shape().items())
+def test_builders_compute_the_shapes_that_running_makes(name, net):
+    network = CaffeNet(net, None).eval()
+    with torch.no_grad():
+        blobs = network.blobs(torch.zeros((1,) + network.input_shape))
+    assert {blob: tuple(value.shape) for blob, value in blobs.items()} == network.blob_shapes

@@ -2,10 +2,13 @@
 
 Each supported layer type has a builder: given the layer's message and the shapes of
 its bottom blobs, it returns a `LayerPlan` naming the parameter blobs the layer needs
-(shapes, and how to initialise them when no weights are given) and a function that
-makes the `CaffeLayer` module from those blobs. Where Caffe and PyTorch differ (pooling's
-output size and average divisor, LRN within a channel, legacy blob shapes), the code
-follows Caffe and says so.
+(shapes, and how to initialise them when no weights are given), a function that
+makes the `CaffeLayer` module from those blobs, and the shapes of its top blobs. Like
+Caffe's own Reshape, the builders compute those shapes and reject bottoms the layer
+cannot take, so that a network is checked without running anything (PyTorch's meta
+device would do it too, but its first use costs a second of start-up). Where Caffe
+and PyTorch differ (pooling's output size and average divisor, LRN within a channel,
+legacy blob shapes), the code follows Caffe and says so.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from cnnvis.caffe import caffe_pb2 as pb
 from cnnvis.errors import UserError
 
 Shape = tuple[int, ...]
+C_INT_MAX = 2 ** 31 - 1
 Op = Callable[..., torch.Tensor | tuple[torch.Tensor, ...]]
 
 
@@ -59,6 +63,7 @@ class LayerPlan:
     blobs: list[BlobSpec]
     # Makes the layer's op from its blobs (as float32 tensors of the declared shapes).
     make_op: Callable[[list[torch.Tensor]], tuple[Op, list[torch.Tensor]]]
+    tops: list[Shape]  # the shapes of the op's outputs, for the bottom shapes given
 
 
 def _error(layer: pb.LayerParameter, problem: str) -> UserError:
@@ -68,15 +73,21 @@ def _error(layer: pb.LayerParameter, problem: str) -> UserError:
 def _pair(layer, repeated, single_h: int, single_w: int, has_hw: bool, default: int, what: str):
     """Caffe's (h, w) resolution of kernel/stride/pad: the _h/_w fields, else 1 or 2 values, else default."""
     if has_hw:
-        return single_h, single_w
-    values = list(repeated)
-    if len(values) == 0:
-        return default, default
-    if len(values) == 1:
-        return values[0], values[0]
-    if len(values) == 2:
-        return values[0], values[1]
-    raise _error(layer, f"{what} has {len(values)} values; 2-D layers take 1 or 2")
+        pair = single_h, single_w
+    else:
+        values = list(repeated)
+        if len(values) > 2:
+            raise _error(layer, f"{what} has {len(values)} values; 2-D layers take 1 or 2")
+        pair = (default, default) if not values else (values[0], values[-1])
+    return _c_int(layer, what, pair)
+
+
+def _c_int(layer, what: str, values: tuple[int, ...]) -> tuple[int, ...]:
+    """`values`, which PyTorch's kernels take as 32-bit ints (Caffe's fields are unsigned)."""
+    for value in values:
+        if value > C_INT_MAX:
+            raise _error(layer, f"{what} {value} is too large (at most {C_INT_MAX})")
+    return values
 
 
 def _positive(layer, **values: int) -> None:
@@ -88,6 +99,17 @@ def _positive(layer, **values: int) -> None:
 def _keep(op: Op) -> Callable[[list[torch.Tensor]], tuple[Op, list[torch.Tensor]]]:
     """make_op for layers that use their blobs as they are."""
     return lambda blobs: (op, blobs)
+
+
+def _elementwise(op: Op) -> Callable[[pb.LayerParameter, list[Shape]], LayerPlan]:
+    """The builder of a layer without parameters whose top has its bottom's shape."""
+    return lambda layer, bottoms: LayerPlan([], _keep(op), [bottoms[0]])
+
+
+def _require_image_blob(layer, bottoms: list[Shape]) -> None:
+    if len(bottoms[0]) != 4:
+        raise _error(layer, f"its bottom has shape {bottoms[0]}, but it takes a 4-D blob "
+                            "(num, channels, height, width)")
 
 
 # ---------------------------------------------------------------- builders
@@ -102,10 +124,16 @@ def _convolution(layer, bottoms: list[Shape]) -> LayerPlan:
     ph, pw = _pair(layer, p.pad, p.pad_h, p.pad_w,
                    p.HasField("pad_h") or p.HasField("pad_w"), 0, "pad")
     dilation = list(p.dilation) or [1]
-    dh, dw = (dilation * 2)[:2] if len(dilation) == 1 else dilation[:2]
+    dh, dw = _c_int(layer, "dilation", tuple((dilation * 2)[:2]))
     _positive(layer, kernel=min(kh, kw), stride=min(sh, sw), dilation=min(dh, dw),
               num_output=p.num_output, group=p.group)
-    channels = bottoms[0][1]
+    _require_image_blob(layer, bottoms)
+    num, channels, height, width = bottoms[0]
+    out_h = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    out_w = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    if min(out_h, out_w) < 1:
+        raise _error(layer, f"its kernel ({kh}x{kw}, dilation {dh}x{dw}) is larger than its padded "
+                            f"input ({height + 2 * ph}x{width + 2 * pw})")
     if channels % p.group or p.num_output % p.group:
         raise _error(layer, f"group {p.group} must divide both the input channels ({channels}) "
                             f"and num_output ({p.num_output})")
@@ -113,7 +141,8 @@ def _convolution(layer, bottoms: list[Shape]) -> LayerPlan:
     if p.bias_term:
         blobs.append(BlobSpec((p.num_output,), "zeros"))
     conv = partial(convolution.conv2d, stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw), groups=p.group)
-    return LayerPlan(blobs, _keep(lambda x, w, b=None: conv(x, w, b)))
+    return LayerPlan(blobs, _keep(lambda x, w, b=None: conv(x, w, b)),
+                     [(num, p.num_output, out_h, out_w)])
 
 
 def caffe_pooled_size(size: int, kernel: int, stride: int, pad: int, ceil: bool) -> int:
@@ -131,9 +160,12 @@ def _pooling(layer, bottoms: list[Shape]) -> LayerPlan:
         raise _error(layer, "STOCHASTIC pooling is not supported; use MAX or AVE")
     ceil = p.round_mode == pb.PoolingParameter.CEIL
     average = p.pool == pb.PoolingParameter.AVE
+    _require_image_blob(layer, bottoms)
+    num, channels, height, width = bottoms[0]
     if p.global_pooling:  # the window is the whole input, whatever its size at run time
         return LayerPlan([], _keep(lambda x: caffe_pool(
-            x, kernel=tuple(x.shape[-2:]), stride=(1, 1), pad=(0, 0), ceil=ceil, average=average)))
+            x, kernel=tuple(x.shape[-2:]), stride=(1, 1), pad=(0, 0), ceil=ceil, average=average)),
+            [(num, channels, 1, 1)])
     kh, kw = _pair(layer, [p.kernel_size] if p.HasField("kernel_size") else [],
                    p.kernel_h, p.kernel_w, p.HasField("kernel_h") or p.HasField("kernel_w"),
                    0, "kernel_size")
@@ -144,8 +176,14 @@ def _pooling(layer, bottoms: list[Shape]) -> LayerPlan:
     _positive(layer, kernel=min(kh, kw), stride=min(sh, sw))
     if ph >= kh or pw >= kw:
         raise _error(layer, f"pad ({ph}, {pw}) must be smaller than the kernel ({kh}, {kw})")
+    out_h = caffe_pooled_size(height, kh, sh, ph, ceil)
+    out_w = caffe_pooled_size(width, kw, sw, pw, ceil)
+    if min(out_h, out_w) < 1:
+        raise _error(layer, f"its kernel ({kh}x{kw}) is larger than its padded input "
+                            f"({height + 2 * ph}x{width + 2 * pw})")
     return LayerPlan([], _keep(partial(
-        caffe_pool, kernel=(kh, kw), stride=(sh, sw), pad=(ph, pw), ceil=ceil, average=average)))
+        caffe_pool, kernel=(kh, kw), stride=(sh, sw), pad=(ph, pw), ceil=ceil, average=average)),
+        [(num, channels, out_h, out_w)])
 
 
 def caffe_pool(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
@@ -199,18 +237,20 @@ def _window_sizes(count: int, kernel: int, stride: int, pad: int, size: int, lik
 def _relu(layer, bottoms: list[Shape]) -> LayerPlan:
     slope = layer.relu_param.negative_slope
     op = F.relu if slope == 0 else partial(F.leaky_relu, negative_slope=slope)
-    return LayerPlan([], _keep(op))
+    return _elementwise(op)(layer, bottoms)
 
 
 def _lrn(layer, bottoms: list[Shape]) -> LayerPlan:
     p = layer.lrn_param
     if p.local_size % 2 == 0:
         raise _error(layer, f"local_size must be odd, not {p.local_size}")
+    _c_int(layer, "local_size", (p.local_size,))
+    _require_image_blob(layer, bottoms)
     if p.norm_region == pb.LRNParameter.ACROSS_CHANNELS:
         op = partial(_lrn_across_channels, size=p.local_size, alpha=p.alpha, beta=p.beta, k=p.k)
     else:
         op = partial(_lrn_within_channel, size=p.local_size, alpha=p.alpha, beta=p.beta)
-    return LayerPlan([], _keep(op))
+    return _elementwise(op)(layer, bottoms)
 
 
 def _lrn_across_channels(x: torch.Tensor, size: int, alpha: float, beta: float,
@@ -226,7 +266,7 @@ def _channel_window_sum(t: torch.Tensor, size: int) -> torch.Tensor:
     """
     total = t.clone()
     channels = t.shape[1]
-    for shift in range(1, size // 2 + 1):
+    for shift in range(1, min(size // 2, channels - 1) + 1):  # no channel is farther away
         total[:, shift:] += t[:, :channels - shift]
         total[:, :channels - shift] += t[:, shift:]
     return total
@@ -278,7 +318,9 @@ def _concat(layer, bottoms: list[Shape]) -> LayerPlan:
         if len(shape) != len(bottoms[0]) or any(
                 a != b for i, (a, b) in enumerate(zip(shape, bottoms[0])) if i != axis):
             raise _error(layer, f"bottom shapes {bottoms} differ outside the concat axis {axis}")
-    return LayerPlan([], _keep(lambda *xs: torch.cat(xs, dim=axis)))
+    top = list(bottoms[0])
+    top[axis] = sum(shape[axis] for shape in bottoms)
+    return LayerPlan([], _keep(lambda *xs: torch.cat(xs, dim=axis)), [tuple(top)])
 
 
 def _inner_product(layer, bottoms: list[Shape]) -> LayerPlan:
@@ -294,32 +336,36 @@ def _inner_product(layer, bottoms: list[Shape]) -> LayerPlan:
     def make_op(tensors):
         w = tensors[0].t() if p.transpose else tensors[0]
         return (lambda x, w, b=None: F.linear(x.flatten(axis), w, b)), [w.contiguous()] + tensors[1:]
-    return LayerPlan(blobs, make_op)
-
-
-def _dropout(layer, bottoms: list[Shape]) -> LayerPlan:
-    return LayerPlan([], _keep(lambda x: x))  # identity at test time (Caffe scales while training)
+    return LayerPlan(blobs, make_op, [bottoms[0][:axis] + (p.num_output,)])
 
 
 def _softmax(layer, bottoms: list[Shape]) -> LayerPlan:
     axis = _axis(layer, layer.softmax_param.axis, len(bottoms[0]))
-    return LayerPlan([], _keep(partial(torch.softmax, dim=axis)))
+    return _elementwise(partial(torch.softmax, dim=axis))(layer, bottoms)
 
 
 def _flatten(layer, bottoms: list[Shape]) -> LayerPlan:
     ndim = len(bottoms[0])
     start = _axis(layer, layer.flatten_param.axis, ndim)
     end = _axis(layer, layer.flatten_param.end_axis, ndim, "end_axis")
-    return LayerPlan([], _keep(partial(torch.flatten, start_dim=start, end_dim=end)))
+    if end < start:
+        raise _error(layer, f"end_axis {layer.flatten_param.end_axis} comes before axis "
+                            f"{layer.flatten_param.axis} in a {ndim}-D blob")
+    shape = bottoms[0]
+    top = shape[:start] + (math.prod(shape[start:end + 1]),) + shape[end + 1:]
+    return LayerPlan([], _keep(partial(torch.flatten, start_dim=start, end_dim=end)), [top])
 
 
 def _split(layer, bottoms: list[Shape]) -> LayerPlan:
     copies = len(layer.top)
-    return LayerPlan([], _keep(lambda x: (x,) * copies))
+    return LayerPlan([], _keep(lambda x: (x,) * copies), [bottoms[0]] * copies)
 
 
 def _batch_norm(layer, bottoms: list[Shape]) -> LayerPlan:
     p = layer.batch_norm_param
+    if len(bottoms[0]) < 2:
+        raise _error(layer, f"its bottom has shape {bottoms[0]}, but it takes a blob with channels "
+                            "(num, channels, ...)")
     channels = bottoms[0][1]
     # Caffe's default at test time: use the stored statistics.
     use_global = p.use_global_stats if p.HasField("use_global_stats") else True
@@ -340,7 +386,7 @@ def _batch_norm(layer, bottoms: list[Shape]) -> LayerPlan:
             v = ((x - m) ** 2).mean(dim=dims, keepdim=True)
             return (x - m) / torch.sqrt(v + p.eps)
         return batch_statistics, []
-    return LayerPlan(blobs, make_op)
+    return LayerPlan(blobs, make_op, [bottoms[0]])
 
 
 def _scale(layer, bottoms: list[Shape]) -> LayerPlan:
@@ -349,7 +395,13 @@ def _scale(layer, bottoms: list[Shape]) -> LayerPlan:
     axis = _axis(layer, p.axis, ndim)
     learned = len(bottoms) == 1  # else the scale is the second bottom
     covered = (ndim - axis if p.num_axes == -1 else p.num_axes) if learned else len(bottoms[1])
+    if not 0 <= covered <= ndim - axis:
+        raise _error(layer, f"its scale would cover {covered} axes of a {ndim}-D bottom from "
+                            f"axis {axis}")
     param_shape = tuple(bottoms[0][axis:axis + covered])
+    if not learned and bottoms[1] != param_shape:
+        raise _error(layer, f"its scale bottom has shape {bottoms[1]}, but its first bottom "
+                            f"{bottoms[0]} needs {param_shape} from axis {axis}")
     blobs = [BlobSpec(param_shape, "ones")] if learned else []
     if p.bias_term:
         blobs.append(BlobSpec(param_shape, "zeros"))
@@ -360,7 +412,7 @@ def _scale(layer, bottoms: list[Shape]) -> LayerPlan:
         view = (1,) * axis + tuple(x.shape[axis:axis + covered]) + (1,) * (ndim - axis - covered)
         out = x * rest[0].reshape(view)
         return out + rest[1].reshape(view) if len(rest) > 1 else out
-    return LayerPlan(blobs, _keep(scale_op))
+    return LayerPlan(blobs, _keep(scale_op), [bottoms[0]])
 
 
 def _eltwise(layer, bottoms: list[Shape]) -> LayerPlan:
@@ -372,11 +424,12 @@ def _eltwise(layer, bottoms: list[Shape]) -> LayerPlan:
         if len(coeff) != len(bottoms):
             raise _error(layer, f"{len(coeff)} coeff values for {len(bottoms)} bottoms")
         return LayerPlan([], _keep(lambda *xs: reduce(
-            torch.add, [x if c == 1 else c * x for c, x in zip(coeff, xs)])))
+            torch.add, [x if c == 1 else c * x for c, x in zip(coeff, xs)])), [bottoms[0]])
     if p.operation == pb.EltwiseParameter.PROD:
-        return LayerPlan([], _keep(lambda *xs: reduce(torch.mul, xs)))
+        return LayerPlan([], _keep(lambda *xs: reduce(torch.mul, xs)), [bottoms[0]])
     # MAX: on ties Caffe routes the gradient to the first bottom (torch.maximum would split it).
-    return LayerPlan([], _keep(lambda *xs: reduce(lambda a, b: torch.where(b > a, b, a), xs)))
+    return LayerPlan([], _keep(lambda *xs: reduce(lambda a, b: torch.where(b > a, b, a), xs)),
+                     [bottoms[0]])
 
 
 BUILDERS: dict[str, Callable[[pb.LayerParameter, list[Shape]], LayerPlan]] = {
@@ -386,15 +439,15 @@ BUILDERS: dict[str, Callable[[pb.LayerParameter, list[Shape]], LayerPlan]] = {
     "LRN": _lrn,
     "Concat": _concat,
     "InnerProduct": _inner_product,
-    "Dropout": _dropout,
+    "Dropout": _elementwise(lambda x: x),  # identity at test time (Caffe scales while training)
     "Softmax": _softmax,
     "Flatten": _flatten,
     "Split": _split,
     "BatchNorm": _batch_norm,
     "Scale": _scale,
     "Eltwise": _eltwise,
-    "Sigmoid": lambda layer, bottoms: LayerPlan([], _keep(torch.sigmoid)),
-    "TanH": lambda layer, bottoms: LayerPlan([], _keep(torch.tanh)),
+    "Sigmoid": _elementwise(torch.sigmoid),
+    "TanH": _elementwise(torch.tanh),
 }
 # How many bottom blobs a type takes, as Caffe checks: (minimum, maximum or None for no
 # maximum). Every type not listed takes exactly one.

@@ -90,24 +90,20 @@ class CaffeNet(torch.nn.Module):
             plan = builder(layer, [shapes[b] for b in bottoms])
             blobs = self._layer_blobs(layer, plan.blobs, weights, generator)
             op, buffers = plan.make_op(blobs)
-            try:  # shape inference on the meta device: no memory, no arithmetic
-                top_values = CaffeLayer(layer.name, op, [b.to("meta") for b in buffers])(
-                    *[torch.empty(shapes[b], device="meta") for b in bottoms])
-            except RuntimeError as error:
-                raise UserError(f"layer '{layer.name}' ({layer.type}) cannot take bottom shapes "
-                                f"{[shapes[b] for b in bottoms]}: {error}. Fix the prototxt.") from None
             tops = []
-            for name, value in zip(layer.top, top_values):
-                _check_blob_size(f"blob '{name}' of layer '{layer.name}' ({layer.type})",
-                                 value.shape)
+            for name, shape in zip(layer.top, plan.tops):
+                _check_blob_size(f"blob '{name}' of layer '{layer.name}' ({layer.type})", shape)
                 versions[name] = versions.get(name, -1) + 1
                 tops.append((name, versions[name]))
-                shapes[tops[-1]] = tuple(value.shape)
+                shapes[tops[-1]] = shape
                 if name not in self.blob_names and name != self.input_name:
                     self.blob_names.append(name)
             self.layers.append(CaffeLayer(layer.name, op, buffers))
             self._steps.append(_Step(len(self.layers) - 1, bottoms, tops))
         self._final: dict[str, BlobVersion] = {name: (name, v) for name, v in versions.items()}
+        # Each blob's shape for one image, as the layers' builders computed it.
+        self.blob_shapes: dict[str, tuple[int, ...]] = {
+            name: shapes[self._final[name]] for name in self.blob_names}
         self._plans: dict[str, list[_Step]] = {}
 
     @staticmethod
