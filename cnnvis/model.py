@@ -99,7 +99,7 @@ def keep_freed_memory() -> None:
     """Have glibc's malloc keep freed blocks for reuse instead of returning them to the OS.
 
     By default it gives large freed blocks back, and the next tile run takes them again
-    page by page: some 40,000 page faults and a tenth to a quarter of the time of a
+    page by page: some 40,000 page faults and a tenth to a third of the time of a
     GoogLeNet tile-step of 8 tiles, for no less peak memory (benchmarks/bench.py, section
     [allocator]). No-op where the C library is not glibc.
     """
