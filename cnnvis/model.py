@@ -2,8 +2,9 @@
 
 The optimiser, regularisers and their default strengths always work on BGR pixels minus
 the model's mean colour (in 0..255 units). `VisModel` converts that to whatever the
-network expects (RGB, other offsets, a scale) inside the autograd graph, so gradients come
-back in cnn-vis' units and the README's parameter values mean the same on every model.
+network expects (RGB, other offsets, a scale) and carries gradients back through the
+conversion, so they come back in cnn-vis' units and the README's parameter values mean
+the same on every model.
 
 What runs the network itself is an `Engine`: PyTorch (`TorchEngine`, for any
 `BlobNetwork`) or real Caffe (`cnnvis.pycaffe_engine.CaffeEngine`). An engine sees only
@@ -89,7 +90,10 @@ class TorchEngine:
                 tiles = tiles.contiguous(memory_format=torch.channels_last).requires_grad_(True)
                 blob = self.network.forward(tiles, target)
                 loss, top_gradient = objective(blob.detach())
-                blob.backward(top_gradient)
+                # Backward from the scalar <blob, top_gradient>: the same gradient, and unlike
+                # blob.backward(top_gradient) its first call imports no symbolic-shape
+                # machinery (half a second of start-up).
+                (blob * top_gradient).sum().backward()
                 losses.append(loss.detach())
                 gradients.append(tiles.grad)
         return sum(losses), torch.cat(gradients)
@@ -162,15 +166,14 @@ class VisModel:
     def objective_gradient(self, tiles: torch.Tensor, target: str,
                            objective: Objective) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss summed over tiles, d loss / d tiles) for tiles (N, 3, h, w) in cnn-vis units."""
-        with torch.enable_grad():
-            x = tiles.detach().requires_grad_(True)
-            network_input = self.network_input(x)        # (N, 3, h, w), the network's convention
-            loss, input_gradient = self.engine.objective_gradient(
-                network_input.detach(), target, objective)
-            # Through the conversion; for Caffe models it is the identity and this returns
-            # input_gradient itself.
-            tile_gradient, = torch.autograd.grad(network_input, x, input_gradient)
-        return loss, tile_gradient
+        loss, input_gradient = self.engine.objective_gradient(
+            self.network_input(tiles.detach()), target, objective)
+        # The chain rule through network_input, backwards: flip, then divide by the scale.
+        if self._flip:
+            input_gradient = input_gradient.flip(1)
+        if self._scale != 1:
+            input_gradient = input_gradient / self._scale
+        return loss, input_gradient
 
     def classify(self, image: torch.Tensor, top: int = 5) -> list[tuple[int, float, str]]:
         """The `top` largest outputs of the network's last blob: (index, value, label)."""

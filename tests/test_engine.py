@@ -2,7 +2,7 @@
 import torch
 
 from cnnvis.caffe import CaffeNet, parse_prototxt
-from cnnvis.model import TorchEngine
+from cnnvis.model import InputConvention, TorchEngine, VisModel
 from cnnvis.objectives import amplify_layer
 
 # A strided RGB convolution (the phased input gradient), LRN across channels, a branch.
@@ -32,3 +32,20 @@ def test_a_batch_larger_than_one_run_gives_each_tile_its_own_gradient():
     torch.testing.assert_close(gradient, torch.cat([single for _, single in singles]),
                                rtol=1e-5, atol=1e-5 * gradient.abs().max())
 
+
+
+def test_gradients_come_back_through_the_input_convention_as_autograd_takes_them():
+    # An RGB network with its own offset and scale, as efficientnet_lite0's.
+    network = CaffeNet(parse_prototxt(NET), None).eval()
+    model = VisModel(network, "rgb", mean_bgr=(104.0, 117.0, 123.0),
+                     convention=InputConvention("RGB", (127.0, 127.0, 127.0), 128.0))
+    tiles = 30 * torch.randn(3, 3, 20, 20, generator=torch.Generator().manual_seed(1))
+    objective = amplify_layer(l1_weight=1.0, l2_weight=1.0, grad_clip=5.0)
+    loss, gradient = model.objective_gradient(tiles, "cat", objective)
+
+    x = tiles.clone().requires_grad_(True)
+    blob = network.forward(model.network_input(x), "cat")
+    expected_loss, top_gradient = objective(blob.detach())
+    blob.backward(top_gradient)
+    torch.testing.assert_close(loss, expected_loss)
+    torch.testing.assert_close(gradient, x.grad, rtol=1e-5, atol=1e-6 * x.grad.abs().max())
