@@ -14,10 +14,11 @@ on the weights). Sections:
   [2] a 2015-style baseline: the whole net forward, weights as trainable parameters,
       backward from the target (what the 2015 tool asked of Caffe), batch 1;
   [3] achieved GFLOP/s of the tile-step against one large convolution's;
-  [4] the CLI end to end: example 1's size schedule, and one step at 2160x3840, with the
-      peak resident memory of each;
+  [4] end to end through the public API (what the command line runs): example 1's size
+      schedule, and one step at 2160x3840, with the peak resident memory of each;
   then start-up (process start to the first step), the CPU tile-step with and without
-  the engine's malloc setting, and, where pycaffe is importable, real Caffe's tile-step.
+  the command line's malloc setting (cnnvis.keep_freed_memory), and, where pycaffe is
+  importable, real Caffe's tile-step.
   With CUDA, [1]-[4] run on the GPU too.
 
 Timings are medians of several runs after warm-up. The in-process ones are taken in
@@ -56,13 +57,13 @@ from google.protobuf import text_format
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # so that a checkout runs without installing the package
 
-from cnnvis import cli, convolution, zoo  # noqa: E402
-from cnnvis import model as model_module  # noqa: E402
-from cnnvis.caffe import CaffeNet  # noqa: E402
-from cnnvis.caffe import caffe_pb2 as pb  # noqa: E402
+import cnnvis  # noqa: E402
+from cnnvis import convolution, zoo  # noqa: E402
+from cnnvis.caffe import CaffeNet, network_weights, write_caffemodel  # noqa: E402
 from cnnvis.googlenet import googlenet_deploy  # noqa: E402
 from cnnvis.model import VisModel  # noqa: E402
 from cnnvis.objectives import amplify_layer  # noqa: E402
+from cnnvis.report import format_report  # noqa: E402
 from cnnvis.sizes import size_sequence  # noqa: E402
 from cnnvis.tiling import checkerboard_groups  # noqa: E402
 
@@ -75,9 +76,9 @@ PIXEL_STD = 40.0  # noise tiles about as large as real pixels minus the mean col
 OBJECTIVE = amplify_layer(l1_weight=1.0, l2_weight=1.0, grad_clip=5.0)  # the CLI's defaults
 
 # Example 1 of the 2015 gallery (examples/example1.sh), for a few steps per size.
-EXAMPLE_1 = ["--target_layer", MAIN_TARGET, "--batch_size", "25", "--learning_rate", "10",
-             "--decay_rate", "0.25", "--alpha", "6", "--p_reg", "1e-10", "--beta", "2.5",
-             "--tv_reg", "0.5", "--iter_behavior", "print", "--output_iter", "25"]
+EXAMPLE_1 = {"target_layer": MAIN_TARGET, "batch_size": 25, "learning_rate": 10.0,
+             "decay_rate": 0.25, "alpha": 6.0, "p_reg": 1e-10, "beta": 2.5, "tv_reg": 0.5,
+             "output_iter": 25}
 EXAMPLE_1_SIZES = ((270, 480), (1080, 1920), 5)  # initial, final, number of sizes (geometric)
 LARGE_SIZE = (2160, 3840)
 
@@ -416,26 +417,25 @@ def _peak_rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB elsewhere but macOS
 
 
-def cli_child(argv: list[str]) -> dict:
-    """In a child: cnn-vis' own `main(argv)`, with the time of every finished step recorded."""
+def dream_child(payload: dict) -> dict:
+    """In a child: what the command line does, through the public API (load the model, dream,
+    save the PNG, print a report line every output_iter steps), with the time of every
+    finished step recorded."""
     marks: list[tuple[int, int, float]] = []  # (size index, step, time); (0, 0): optimisation starts
-    rss_before: list[float] = []
-
-    class TimedObserver(cli.ConsoleObserver):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            marks.append((0, 0, time.time()))  # the CLI makes its observer just before it optimises
-            rss_before.append(_peak_rss_mb())
-
-        def step_done(self, size_index: int, step: int) -> None:
-            super().step_done(size_index, step)  # the step ends with a finiteness check: synchronised
-            marks.append((size_index, step, time.time()))
-
-    cli.ConsoleObserver = TimedObserver
-    status = cli.main(argv)
-    if status != 0:
-        raise RuntimeError(f"cnn-vis {' '.join(argv)} exited with status {status}")
-    return {"marks": marks, "peak_rss_mb": _peak_rss_mb(), "rss_before_mb": rss_before[0],
+    device = torch.device(payload["device"])
+    if device.type == "cpu":
+        cnnvis.keep_freed_memory()   # as the command line does on a CPU
+    model = cnnvis.load_model(payload["model"], caffe_model=payload.get("caffe_model"),
+                              device=device)
+    rss_before = _peak_rss_mb()
+    marks.append((0, 0, time.time()))
+    image = cnnvis.dream(
+        None, model, seed=0, **payload["options"],
+        callback=lambda report: print(format_report(report), file=sys.stderr),
+        # The step ends with a finiteness check, which synchronises with the GPU.
+        progress=lambda size_index, step: marks.append((size_index, step, time.time())))
+    image.save(payload["output"])
+    return {"marks": marks, "peak_rss_mb": _peak_rss_mb(), "rss_before_mb": rss_before,
             "peak_cuda_mb": (torch.cuda.max_memory_allocated() / 2 ** 20
                              if torch.cuda.is_initialized() else None)}
 
@@ -475,9 +475,9 @@ def _caffe_2015_step(net, target: str) -> None:
 
 def allocator_child(payload: dict) -> dict:
     """In a child: the CPU tile-step at MAIN_TARGET, batch 8, with glibc's malloc keeping freed
-    memory (as TorchEngine sets it) or left as it is; seconds and minor page faults per step."""
-    if not payload["keep"]:
-        model_module.keep_freed_memory = lambda: None  # TorchEngine would set it process-wide
+    memory (as the command line sets it on a CPU) or left as it is; seconds and minor page faults per step."""
+    if payload["keep"]:
+        cnnvis.keep_freed_memory()
     _, engine = googlenet(torch.device("cpu"))
     step = partial(tile_step, engine, noise_tiles(8, torch.device("cpu")), MAIN_TARGET)
     for _ in range(payload["warmup"]):  # the first steps fault in memory in any case
@@ -489,29 +489,19 @@ def allocator_child(payload: dict) -> dict:
 
 
 CHILDREN: dict[str, Callable[[object], dict]] = {
-    "cli": cli_child, "caffe": caffe_child, "allocator": allocator_child}
+    "dream": dream_child, "caffe": caffe_child, "allocator": allocator_child}
 
 
 def write_googlenet_files(directory: Path) -> tuple[Path, Path, int]:
     """The bundled GoogLeNet as Caffe files: a deploy prototxt (force_backward, as the 2015 tool
-    wrote it) and a caffemodel of random weights written with our caffe.proto. Returns both
-    paths and the number of weights."""
+    wrote it) and a caffemodel of random weights. Returns both paths and the number of weights."""
     deploy = googlenet_deploy()
     deploy.force_backward = True
     prototxt = directory / "deploy.prototxt"
     prototxt.write_text(text_format.MessageToString(deploy))
-    weights = pb.NetParameter(name=deploy.name)
-    count = 0
-    for layer in zoo.architecture(zoo.preset(MODEL)).layers:
-        blobs = [blob for _, blob in layer.named_buffers(recurse=False)]
-        if blobs:
-            stored = weights.layer.add(name=layer.name)
-            for blob in blobs:
-                stored.blobs.add(shape=pb.BlobShape(dim=blob.shape), data=blob.flatten().tolist())
-                count += blob.numel()
-    caffemodel = directory / "bvlc_googlenet.caffemodel"
-    caffemodel.write_bytes(weights.SerializeToString())
-    return prototxt, caffemodel, count
+    weights = network_weights(zoo.architecture(zoo.preset(MODEL)))
+    caffemodel = write_caffemodel(directory / "bvlc_googlenet.caffemodel", weights)
+    return prototxt, caffemodel, sum(blob.numel() for blobs in weights.values() for blob in blobs)
 
 
 def _step_seconds(marks: list[list[float]]) -> dict[int, list[float]]:
@@ -530,18 +520,17 @@ def _memory(run: dict) -> str:
 
 
 def section_end_to_end(caffemodel: Path, device: torch.device, steps: int, work: Path) -> None:
-    """[4] The CLI's own code path, each run in its own process (peak memory is per process)."""
-    common = ["--caffe_model", str(caffemodel), "--gpu", "0" if device.type == "cuda" else "-1",
-              *EXAMPLE_1, "--seed", "0"]
+    """[4] The command line's work end to end, each run in its own process (peak memory is
+    per process)."""
+    common = {"model": MODEL, "caffe_model": str(caffemodel), "device": device.type}
     initial, final, count = EXAMPLE_1_SIZES
     sizes = size_sequence(initial, final, count, "geometric")
-    print(f"[4] CLI end to end (example 1: {initial[0]}x{initial[1]} -> {final[0]}x{final[1]}, "
+    print(f"[4] end to end (example 1: {initial[0]}x{initial[1]} -> {final[0]}x{final[1]}, "
           f"{count} geometric sizes, batch 25), {steps} step(s) per size; load {load_average()}"
           + ("; torch's default cuDNN precision" if device.type == "cuda" else ""), flush=True)
-    run = run_child("cli", common + [
-        "--initial_size", "x".join(map(str, initial)), "--final_size", "x".join(map(str, final)),
-        "--num_sizes", str(count), "--num_steps", str(steps),
-        "--output_file", str(work / "example1.png")])
+    run = run_child("dream", {**common, "output": str(work / "example1.png"), "options": {
+        **EXAMPLE_1, "initial_size": "x".join(map(str, initial)),
+        "final_size": "x".join(map(str, final)), "num_sizes": count, "num_steps": steps}})
     step_columns = " ".join(f"{f'step {i} s':>9}" for i in range(1, steps + 1))
     print(f"    {'size':>10} {'regions':>7} {step_columns} {'tiles/s':>8}")
     for size, seconds in zip(sizes, _step_seconds(run["marks"]).values()):
@@ -550,8 +539,8 @@ def section_end_to_end(caffemodel: Path, device: torch.device, steps: int, work:
               + f" {regions / seconds[-1]:8.2f}")
     print(f"    peak resident memory: {_memory(run)}")
 
-    large = run_child("cli", common + ["--initial_size", "x".join(map(str, LARGE_SIZE)),
-                                       "--num_steps", "1", "--output_file", str(work / "large.png")])
+    large = run_child("dream", {**common, "output": str(work / "large.png"), "options": {
+        **EXAMPLE_1, "initial_size": "x".join(map(str, LARGE_SIZE)), "num_steps": 1}})
     regions = sum(len(group) for group in checkerboard_groups(*LARGE_SIZE, *TILE))
     seconds = _step_seconds(large["marks"])[1][0]
     print(f"    one step at {LARGE_SIZE[0]}x{LARGE_SIZE[1]} ({regions} regions): {seconds:.2f} s "
@@ -559,20 +548,20 @@ def section_end_to_end(caffemodel: Path, device: torch.device, steps: int, work:
 
 
 def section_start_up(caffemodel: Path, weight_count: int, repeats: int, work: Path) -> None:
-    """Process start to the first finished step of a tiny CLI run (224x224, 1 step, CPU)."""
-    print("[start-up] process start to the first step_done of a tiny CLI run (224x224, one step, "
-          f"CPU), median of {repeats} after a warm-up; load {load_average()}", flush=True)
-    tiny = ["--gpu", "-1", "--num_steps", "1", "--seed", "0", "--iter_behavior", "print",
-            "--output_file", str(work / "start-up.png")]
+    """Process start to the first finished step of a tiny run (224x224, 1 step, CPU)."""
+    print("[start-up] process start to the first finished step of a tiny run (224x224, one "
+          f"step, CPU), median of {repeats} after a warm-up; load {load_average()}", flush=True)
+    tiny = {"device": "cpu", "output": str(work / "start-up.png"),
+            "options": {"num_steps": 1, "output_iter": 1}}
     models = {
-        "efficientnet_lite0 (package weights)": ["--model", "efficientnet_lite0"],
+        "efficientnet_lite0 (package weights)": {"model": "efficientnet_lite0"},
         f"bvlc_googlenet (caffemodel, {weight_count / 1e6:.1f}M weights)":
-            ["--model", MODEL, "--caffe_model", str(caffemodel)],
+            {"model": MODEL, "caffe_model": str(caffemodel)},
     }
     seconds: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(repeats + 1):  # in rounds, like the in-process timings; the first warms the caches
-        for name, model_args in models.items():
-            run = run_child("cli", tiny + model_args)
+        for name, model in models.items():
+            run = run_child("dream", {**tiny, **model})
             _, _, first_step_done = run["marks"][1]
             seconds[name].append(first_step_done - run["launched"])
     for name, values in seconds.items():
@@ -651,6 +640,7 @@ def main() -> None:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available here")
+    cnnvis.keep_freed_memory()  # as the command line does on a CPU, for the in-process timings
     devices = [torch.device("cuda")] if args.device == "cuda" else [torch.device("cpu")]
     if args.device == "auto" and torch.cuda.is_available():
         devices.append(torch.device("cuda"))

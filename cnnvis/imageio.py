@@ -1,22 +1,21 @@
 """Reading and writing images without ever losing the user's work.
 
-The optimised image is a float32 tensor (1, 3, H, W) in BGR order, in pixel units
-(0..255) minus the model's mean colour (ALGORITHM.md, "Image representation").
-Files on disk are 8-bit RGB. This module converts between the two, reads user
-files with errors that say what to fix, and writes every output atomically: a
-crash or a full disk never leaves a half-written file or destroys an older one.
+This module reads user files with errors that say what to fix, and writes every
+output atomically: a crash or a full disk never leaves a half-written file or destroys
+an older one. Outputs are PNGs of 8 or 16 bits per channel carrying text (the command
+that made them). Conversions between pixels and cnn-vis images live in `cnnvis.pixels`.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import secrets
+import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from cnnvis.errors import UserError
@@ -112,71 +111,50 @@ def _mean_error(path: PathLike, problem: str) -> UserError:
                      f"holding a (3, H, W) BGR mean image or a length-3 BGR vector")
 
 
-# ----------------------------------------------------------------------------- conversion
-
-def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize uint8 RGB (H, W, 3) to size = (height, width) with Pillow's bicubic filter.
-
-    Returns `rgb` itself when it already has that size (ALGORITHM.md, "Initialisation").
-    """
-    _check_rgb(rgb)
-    height, width = size
-    if rgb.shape[:2] == (height, width):
-        return rgb
-    resized = Image.fromarray(rgb).resize((width, height), Image.Resampling.BICUBIC)
-    return np.array(resized)
-
-
-def rgb_to_image(rgb: np.ndarray, mean_bgr: tuple[float, float, float]) -> torch.Tensor:
-    """uint8 RGB (H, W, 3) -> float32 (1, 3, H, W): BGR pixel units minus the mean colour."""
-    _check_rgb(rgb)
-    bgr = torch.from_numpy(np.ascontiguousarray(rgb[:, :, ::-1].transpose(2, 0, 1)))  # (3, H, W)
-    mean = torch.tensor(mean_bgr, dtype=torch.float32).view(3, 1, 1)
-    return (bgr.to(torch.float32) - mean).unsqueeze(0)  # (1, 3, H, W)
-
-
-def image_to_rgb(img: torch.Tensor, mean_bgr: tuple[float, float, float],
-                 rescale: bool = False) -> np.ndarray:
-    """float (1, 3, H, W) BGR minus mean -> uint8 RGB (H, W, 3), ready to save.
-
-    Adds the mean colour back, then clips to [0, 255], or with `rescale` maps the
-    image's [min, max] (over all channels) linearly to [0, 255]. A constant image
-    cannot be stretched, so `rescale` leaves it as it is (clipped).
-    """
-    if img.ndim != 4 or tuple(img.shape[:2]) != (1, 3):
-        raise ValueError(f"expected an image of shape (1, 3, H, W), got {tuple(img.shape)}")
-    # One float64 copy, then in place: a 4K image is 200 MB at each temporary.
-    bgr = img[0].detach().to("cpu", torch.float64, copy=True).numpy()  # (3, H, W)
-    bgr += np.asarray(mean_bgr, dtype=np.float64).reshape(3, 1, 1)
-    if rescale:
-        low, high = bgr.min(), bgr.max()
-        if high > low:
-            bgr -= low
-            bgr *= 255.0 / (high - low)
-    np.clip(bgr, 0.0, 255.0, out=bgr)
-    np.rint(bgr, out=bgr)
-    return bgr[::-1].transpose(1, 2, 0).astype(np.uint8)  # (H, W, 3)
-
-
-def _check_rgb(rgb: np.ndarray) -> None:
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"expected uint8 RGB of shape (H, W, 3), got {rgb.dtype} {rgb.shape}")
-
-
 # ----------------------------------------------------------------------------- writing
 
 def save_png(path: PathLike, rgb: np.ndarray, text: Mapping[str, str] | None = None) -> None:
-    """Write uint8 RGB (H, W, 3) as a PNG, atomically, with `text` as PNG text chunks.
+    """Write RGB (H, W, 3), uint8 or uint16, as a PNG, atomically, with `text` as PNG text chunks.
 
     The text (e.g. the command line that made the image) is stored as tEXt chunks,
     or iTXt where a value is not Latin-1; Pillow reads it back as `Image.open(p).text`.
+    Pillow cannot write 16-bit RGB, so OpenCV encodes those pixels and the text chunks
+    are put in after the header.
     """
-    _check_rgb(rgb)
-    info = PngImagePlugin.PngInfo()
-    for key, value in (text or {}).items():
-        info.add_text(key, value)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"expected RGB (H, W, 3) of uint8 or uint16, got {rgb.dtype} {rgb.shape}")
+    text = dict(text or {})
     with atomic_write(path) as file:
-        Image.fromarray(rgb).save(file, format="PNG", pnginfo=info)
+        if rgb.dtype == np.uint8:
+            info = PngImagePlugin.PngInfo()
+            for key, value in text.items():
+                info.add_text(key, value)
+            Image.fromarray(rgb).save(file, format="PNG", pnginfo=info)
+        else:
+            file.write(_png16(rgb, text))
+
+
+def _png16(rgb: np.ndarray, text: Mapping[str, str]) -> bytes:
+    """PNG bytes of uint16 RGB (H, W, 3) with `text` chunks right after the IHDR chunk."""
+    import cv2  # only for 16-bit prints: it takes a while to import
+
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))  # OpenCV wants BGR
+    if not ok:
+        raise ValueError("OpenCV could not encode the 16-bit PNG")
+    data = encoded.tobytes()
+    header_end = 8 + 8 + 13 + 4  # signature, then IHDR: length and type, 13 bytes of data, CRC
+    chunks = b"".join(_text_chunk(key, value) for key, value in text.items())
+    return data[:header_end] + chunks + data[header_end:]
+
+
+def _text_chunk(key: str, value: str) -> bytes:
+    """A tEXt chunk, or an iTXt chunk (UTF-8) where the value is not Latin-1."""
+    try:
+        kind, body = b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1")
+    except UnicodeEncodeError:
+        kind, body = b"iTXt", key.encode("latin-1") + b"\0\0\0\0\0" + value.encode("utf-8")
+    return (len(body).to_bytes(4, "big") + kind + body
+            + zlib.crc32(kind + body).to_bytes(4, "big"))
 
 
 @contextlib.contextmanager
@@ -277,7 +255,7 @@ def sibling_path(output_file: PathLike, suffix: str) -> Path:
 def intermediate_path(output_file: PathLike, size_index: int, step: int) -> Path:
     """Where the `save` behaviour writes step `step` of size `size_index` (from 1).
 
-    `{stem}_{size_index}_{step}{ext}` beside the output (ALGORITHM.md, "Schedules"),
+    `{stem}_{size_index}_{step}{ext}` beside the output (docs/algorithm.md, "Schedules"),
     e.g. out.png, size 2, step 50 -> out_2_50.png.
     """
     return sibling_path(output_file, f"{size_index}_{step}")

@@ -1,63 +1,33 @@
 """The optimisation loop: sizes, then steps, then checkerboard groups, then regions.
 
-Everything here follows ALGORITHM.md exactly (update order, RMSProp per region,
+Everything here follows docs/algorithm.md exactly (update order, RMSProp per region,
 schedules, resets between sizes). The loop does no I/O and no display: progress and
-diagnostics go to an `Observer` (see `cnnvis.report`).
+diagnostics go to two callbacks, one after every step and one every `output_iter` steps.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnvis.imageio import resize_rgb, rgb_to_image
+from cnnvis.errors import NonFiniteImage
 from cnnvis.model import VisModel
 from cnnvis.objectives import Objective, amplify_layer, amplify_neuron
+from cnnvis.pixels import Picture, resize_rgb, rgb_to_image
 from cnnvis.regularizers import p_norm, total_variation
+from cnnvis.settings import DreamOptions
 from cnnvis.tiling import Region, checkerboard_groups, coverage_counts
 
 RMSPROP_EPSILON = 1e-8
 
 
-@dataclass(frozen=True)
-class DreamSettings:
-    """Every setting of the optimisation (the README's options, already validated)."""
-
-    sizes: tuple[tuple[int, int], ...]
-    image_type: str = "amplify_layer"          # or "amplify_neuron"
-    target_layer: str = "inception_4d/3x3_reduce"
-    target_neuron: int = 0
-    num_steps: int = 1000
-    batch_size: int = 1
-    learning_rate: float = 1.0
-    learning_rate_decay_iter: int = 100
-    learning_rate_decay_factor: float = 1.0
-    decay_rate: float = 0.95
-    use_pixel_learning_rates: bool = False
-    l1_weight: float = 1.0
-    l2_weight: float = 1.0
-    grad_clip: float = 5.0
-    alpha: float = 6.0
-    p_reg: float = 1e-4
-    p_scale: float = 1.0
-    alpha_aux: float = 6.0
-    p_reg_aux: float = 0.0
-    p_scale_aux: float = 1.0
-    beta: float = 2.0
-    tv_reg: float = 0.5
-    tv_reg_scale: float = 1.0
-    tv_reg_step: float = 0.0
-    tv_reg_step_iter: int = 50
-    tv_grad_operator: str = "naive"
-    output_iter: int = 50
-
-    def objective(self) -> Objective:
-        if self.image_type == "amplify_neuron":
-            return amplify_neuron(self.target_neuron)
-        return amplify_layer(self.l1_weight, self.l2_weight, self.grad_clip)
+def objective_for(options: DreamOptions) -> Objective:
+    if options.image_type == "amplify_neuron":
+        return amplify_neuron(options.target_neuron)
+    return amplify_layer(options.l1_weight, options.l2_weight, options.grad_clip)
 
 
 @dataclass
@@ -76,12 +46,16 @@ class StepStats:
 
 @dataclass(frozen=True)
 class Report:
-    """What an observer gets every `output_iter` steps."""
+    """What the callback gets every `output_iter` steps.
+
+    `picture` holds the image being optimised, not a copy: take `picture.pil()` (or
+    clone `picture.image`) to keep it beyond the callback.
+    """
 
     size_index: int            # from 1
     num_sizes: int
     step: int                  # from 1 within the size
-    image: torch.Tensor        # (1, 3, H, W), BGR minus the mean colour
+    picture: Picture
     objective: float
     p_loss: float
     tv_loss: float
@@ -90,35 +64,31 @@ class Report:
     step_median: float
 
 
-class Observer(Protocol):
-    def step_done(self, size_index: int, step: int) -> None: ...
-    def report(self, report: Report) -> None: ...
-
-
-class NonFiniteError(Exception):
-    """The image stopped being finite; `Dream.image` holds the last finite one."""
-
-    def __init__(self, size_index: int, step: int):
-        super().__init__(f"the image became non-finite at step {step} of size {size_index}")
-        self.size_index, self.step = size_index, step
-
-
 class Dream:
     """One run of the optimiser. `image` is always the latest (finite) image, so a caller
-    can save it after an interruption."""
+    can save it after an interruption.
 
-    def __init__(self, model: VisModel, settings: DreamSettings, observer: Observer):
+    `options.target_layer` must name a blob of the model (resolved by the caller);
+    `progress(size_index, step)` is called after every step, `callback(report)` every
+    `options.output_iter` steps.
+    """
+
+    def __init__(self, model: VisModel, options: DreamOptions, sizes: list[tuple[int, int]],
+                 callback: Callable[[Report], None] | None = None,
+                 progress: Callable[[int, int], None] | None = None):
         self.model = model
-        self.settings = settings
-        self.observer = observer
-        self.objective = settings.objective()
+        self.settings = options
+        self.sizes = sizes
+        self.callback = callback
+        self.progress = progress
+        self.objective = objective_for(options)
         self.image: torch.Tensor | None = None
 
     def run(self, initial: torch.Tensor, anchor_rgb: np.ndarray | None) -> torch.Tensor:
         """Optimise from `initial` (1, 3, H, W) at the first size; `anchor_rgb` is the user's
         photo (uint8 RGB) that the main p-norm pulls towards, or None (pull towards 0)."""
         self.image = initial.to(self.model.device, copy=True)  # updated in place; the caller keeps theirs
-        for size_index, size in enumerate(self.settings.sizes, start=1):
+        for size_index, size in enumerate(self.sizes, start=1):
             if size_index > 1:
                 # Resize in float with this exact resampler (reproducibility across implementations).
                 self.image = F.interpolate(self.image, size=size, mode="bicubic", align_corners=False)
@@ -141,20 +111,22 @@ class Dream:
                   for group in groups for region in group}
         learning_rate, tv_reg = s.learning_rate, s.tv_reg
         for step in range(1, s.num_steps + 1):
-            stats = StepStats() if step % s.output_iter == 0 else None
+            stats = StepStats() if self.callback and step % s.output_iter == 0 else None
             previous = self.image.clone()
             for group in groups:
                 self._update_group(group, anchor, caches, rates, learning_rate, tv_reg, stats)
             if not bool(torch.isfinite(self.image).all()):
                 self.image = previous
-                raise NonFiniteError(size_index, step)
+                raise NonFiniteImage(f"the image became non-finite at step {step} of size "
+                                     f"{size_index}")
             if step % s.tv_reg_step_iter == 0:
                 tv_reg += s.tv_reg_step
             if step % s.learning_rate_decay_iter == 0:
                 learning_rate *= s.learning_rate_decay_factor
-            self.observer.step_done(size_index, step)
-            if stats is not None:
-                self.observer.report(self._report(size_index, step, stats))
+            if self.progress is not None:
+                self.progress(size_index, step)
+            if stats is not None and self.callback is not None:
+                self.callback(self._report(size_index, step, stats))
 
     def _update_group(self, group: list[Region], anchor, caches, rates, learning_rate: float,
                       tv_reg: float, stats: StepStats | None) -> None:
@@ -214,8 +186,9 @@ class Dream:
     def _report(self, size_index: int, step: int, stats: StepStats) -> Report:
         steps = torch.cat(stats.step_sizes)
         return Report(
-            size_index=size_index, num_sizes=len(self.settings.sizes), step=step,
-            image=self.image, objective=stats.losses["objective"], p_loss=stats.losses["p"],
+            size_index=size_index, num_sizes=len(self.sizes), step=step,
+            picture=Picture(self.image, self.model.mean_bgr, self.settings.rescale_image),
+            objective=stats.losses["objective"], p_loss=stats.losses["p"],
             tv_loss=stats.losses["tv"],
             mean_gradients={k: v / stats.regions for k, v in stats.gradient_sums.items()},
             step_mean=float(steps.mean()), step_median=float(steps.median()))

@@ -70,7 +70,7 @@ class _BackwardRange:
 
 
 class CaffeEngine:
-    """An `Engine` (see `cnnvis.model`) that runs a `caffe.Net` built with force_backward.
+    """An `Engine` (see `cnnvis.engine`) that runs a `caffe.Net` built with force_backward.
 
     Each call reshapes the input blob to the batch, runs Caffe forward to the layer that
     last writes the target blob and, for a gradient, backward from that layer with the
@@ -100,6 +100,10 @@ class CaffeEngine:
     def forward(self, x: torch.Tensor, target: str) -> torch.Tensor:
         self._forward(x, self._backward_range(target).layer)
         return torch.from_numpy(self.net.blobs[target].data.copy()).to(x.device)
+
+    def blob_shapes(self) -> dict[str, tuple[int, ...]]:
+        self._forward(torch.zeros((1, 3) + self.input_size), None)
+        return {name: tuple(self.net.blobs[name].data.shape[1:]) for name in self.blob_names}
 
     def blobs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every targetable blob's final value for input x (N, 3, H, W): one whole forward pass."""

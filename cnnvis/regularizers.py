@@ -3,7 +3,7 @@
 Each takes one image region x of shape (C, h, w) (float32 or float64) and a `scale` that
 x is divided by first, and returns R(x / scale) and its gradient with respect to x
 (the chain rule's 1 / scale included). Gradients are closed-form, so no autograd graph
-is built; they run once per tile per step. See ALGORITHM.md, "One region's gradient".
+is built; they run once per tile per step. See docs/algorithm.md, "One region's gradient".
 """
 from __future__ import annotations
 

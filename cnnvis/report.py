@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cnnvis.imageio import atomic_write, image_to_rgb, intermediate_path, save_png, sibling_path
+from cnnvis.imageio import atomic_write, intermediate_path, save_png, sibling_path
 from cnnvis.optimizer import Report
 
-ACTIONS = ("print", "save", "show", "plot_pix")
 # Pixels whose values `plot_pix` follows, as fractions of the height and width, so that they
 # stay the same pixels of the picture when the image grows.
 TRACKED_PIXELS = ((0.25, 0.25), (0.25, 0.75), (0.75, 0.25), (0.75, 0.75))
@@ -30,13 +29,11 @@ def has_display() -> bool:
 class ConsoleObserver:
     """Carries out the `--iter_behavior` actions every `output_iter` steps, with a progress bar."""
 
-    def __init__(self, actions: list[str], output_file: Path, mean_bgr: tuple[float, float, float],
-                 rescale: bool, png_text: dict[str, str], total_steps: int,
-                 show_size: tuple[float, float] = (5.0, 5.0)):
+    def __init__(self, actions: list[str], output_file: Path, depth: int, png_text: dict[str, str],
+                 total_steps: int, show_size: tuple[float, float] = (5.0, 5.0)):
         self.actions = actions
         self.output_file = Path(output_file)
-        self.mean_bgr = mean_bgr
-        self.rescale = rescale
+        self.depth = depth
         self.png_text = png_text
         self.show_size = show_size
         # A progress bar only on a terminal: in a log file it would be a wall of updates.
@@ -55,19 +52,16 @@ class ConsoleObserver:
             self.bar.write(format_report(report), file=sys.stderr)
         if "save" in self.actions:
             save_png(intermediate_path(self.output_file, report.size_index, report.step),
-                     self._rgb(report), self.png_text)
+                     report.picture.rgb(self.depth), self.png_text)
         if "plot_pix" in self.actions:
-            self.pixel_history.append(tracked_pixel_values(report.image))
+            self.pixel_history.append(tracked_pixel_values(report.picture.image))
             self._draw("pix", self._plot_pixels)
         if "show" in self.actions:
-            rgb = self._rgb(report)
+            rgb = report.picture.rgb()
             self._draw("show", lambda figure: _show_image(figure, rgb, report))
 
     def close(self) -> None:
         self.bar.close()
-
-    def _rgb(self, report: Report) -> np.ndarray:
-        return image_to_rgb(report.image, self.mean_bgr, self.rescale)
 
     def _draw(self, kind: str, paint) -> None:
         import matplotlib
@@ -118,9 +112,9 @@ def tracked_pixel_values(image) -> np.ndarray:
 
 def format_report(report: Report) -> str:
     """One compact line: step, size, losses, mean |gradient| of each term, step and image statistics."""
-    height, width = report.image.shape[-2:]
+    image = report.picture.image
+    height, width = image.shape[-2:]
     gradients = " ".join(f"{name}={value:.3g}" for name, value in report.mean_gradients.items())
-    image = report.image
     return (f"size {report.size_index}/{report.num_sizes} {height}x{width} step {report.step}: "
             f"objective={report.objective:.4g} p_loss={report.p_loss:.4g} tv_loss={report.tv_loss:.4g} | "
             f"|grad| {gradients} | step mean={report.step_mean:.3g} median={report.step_median:.3g} | "

@@ -1,6 +1,6 @@
 """Image sizes: the `--initial_size`/`--final_size` strings, the multiscale sequence, its checks.
 
-Sizes are (height, width) tuples of ints. See ALGORITHM.md, "Sizes".
+Sizes are (height, width) tuples of ints. See docs/algorithm.md, "Sizes".
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Pure geometry: tile starts along one axis, the regions (tile pairs) split into two
 checkerboard groups, and how many regions cover each pixel. Nothing here knows of
-models or tensors; see ALGORITHM.md, "Tiling (per size)".
+models or tensors; see docs/algorithm.md, "Tiling (per size)".
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def tile_starts(length: int, tile: int) -> list[int]:
 
 
 def _is_valid_packing(starts: list[int], length: int, tile: int) -> bool:
-    """Whether tiles [s, s + tile) satisfy the packing rules (a)-(e) of ALGORITHM.md."""
+    """Whether tiles [s, s + tile) satisfy the packing rules (a)-(e) of docs/algorithm.md."""
     ends = [start + tile for start in starts]
     if starts[0] != 0 or ends[-1] != length:
         return False

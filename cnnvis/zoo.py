@@ -21,9 +21,11 @@ from cnnvis.efficientnet import (EFFICIENTNET_LITE0_DEFAULT_LAYER, EfficientNetL
                                  googlenet_counterpart, load_efficientnet_lite0)
 from cnnvis.errors import UserError
 from cnnvis.googlenet import googlenet_deploy
-from cnnvis.model import InputConvention, TorchEngine, VisModel
+from cnnvis.engine import TorchEngine
+from cnnvis.model import InputConvention, VisModel
 from cnnvis.network import BlobNetwork
 from cnnvis.pycaffe_engine import load_caffe_engine
+from cnnvis.settings import BACKENDS
 
 IMAGENET_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)  # Caffe's ILSVRC-2012 mean
 
@@ -96,7 +98,6 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
         googlenet_counterpart=googlenet_counterpart),
 ]}
 DEFAULT_MODEL = "bvlc_googlenet"
-BACKENDS = ("torch", "caffe")  # the engines that run the CNN (--backend)
 
 
 def preset(name: str) -> ModelPreset:
@@ -165,6 +166,7 @@ def load_model(name: str = DEFAULT_MODEL, deploy_txt: str | None = None,
     `backend` is the engine: "torch" (PyTorch) or "caffe" (real Caffe, Caffe models only).
     """
     model = preset(name)
+    own_network = deploy_txt is not None   # the preset's blob names may not apply to it
     if backend not in BACKENDS:
         raise UserError(f"unknown backend '{backend}'; --backend takes one of: {', '.join(BACKENDS)}.")
     if model.pytorch_network is not None and deploy_txt is None and caffe_model is None:
@@ -188,4 +190,6 @@ def load_model(name: str = DEFAULT_MODEL, deploy_txt: str | None = None,
             net = read_prototxt(deploy_txt) if deploy_txt else googlenet_deploy(model.num_classes)
             engine = TorchEngine(CaffeNet(net, read_caffemodel(caffe_model)).eval(), device)
     return VisModel(engine, name=model.name, mean_bgr=mean_bgr or model.mean_bgr,
-                    convention=model.convention, labels=labels(model), device=device)
+                    convention=model.convention, labels=labels(model), device=device,
+                    default_layer=model.default_layer,
+                    googlenet_counterpart=None if own_network else model.googlenet_counterpart)

@@ -6,7 +6,7 @@ import torch
 from cnnvis.caffe import CaffeNet, parse_prototxt
 from cnnvis.caffe.layers import caffe_pool, caffe_pool_padded, caffe_pooled_size
 from cnnvis.errors import UserError
-from tests.caffe_files import blob_proto
+from cnnvis.caffe.writer import blob_proto
 
 RNG = np.random.default_rng(0)
 

@@ -7,21 +7,6 @@ import pytest
 from PIL import Image
 
 from cnnvis.cli import main
-from tests.caffe_files import TINY_DREAM_NET, tiny_dream_weights, write_model
-
-@pytest.fixture
-def tiny_model(tmp_path):
-    deploy, model = write_model(tmp_path, TINY_DREAM_NET, tiny_dream_weights())
-    return ["--deploy_txt", str(deploy), "--caffe_model", str(model), "--gpu", "-1",
-            "--target_layer", "conv2"]
-
-
-@pytest.fixture
-def photo(tmp_path):
-    rng = np.random.default_rng(1)
-    path = tmp_path / "photo.png"
-    Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(path)
-    return path
 
 
 def digest(path) -> str:

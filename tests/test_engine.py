@@ -2,7 +2,8 @@
 import torch
 
 from cnnvis.caffe import CaffeNet, parse_prototxt
-from cnnvis.model import InputConvention, TorchEngine, VisModel
+from cnnvis.engine import TorchEngine
+from cnnvis.model import InputConvention, VisModel
 from cnnvis.objectives import amplify_layer
 
 # A strided RGB convolution (the phased input gradient), LRN across channels, a branch.

@@ -28,7 +28,7 @@ from cnnvis.caffe import CaffeNet, parse_prototxt, read_caffemodel, read_prototx
 from cnnvis.caffe import caffe_pb2 as pb
 from cnnvis.caffe.layers import BUILDERS
 from cnnvis.errors import UserError
-from tests.caffe_files import caffemodel_bytes
+from cnnvis.caffe.writer import caffemodel_bytes
 from tests.test_caffe_net import TINY, TINY_V1, tiny_weights
 
 EXAMPLE_SECONDS = 10

@@ -1,4 +1,4 @@
-"""Tests for cnnvis.imageio: pixel conversions, reading user files, atomic writing."""
+"""Tests for cnnvis.imageio (reading user files, atomic writing) and cnnvis.pixels (conversions)."""
 from __future__ import annotations
 
 import errno
@@ -17,15 +17,13 @@ from cnnvis.errors import UserError
 from cnnvis.imageio import (
     atomic_write,
     check_writable_output,
-    image_to_rgb,
     intermediate_path,
     load_mean_colour,
     load_rgb,
-    resize_rgb,
-    rgb_to_image,
     save_png,
     sibling_path,
 )
+from cnnvis.pixels import image_to_rgb, resize_rgb, rgb_to_image
 
 IMAGENET_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
 

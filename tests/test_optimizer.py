@@ -7,7 +7,9 @@ import torch
 
 import cnnvis.optimizer as optimizer
 from cnnvis.model import VisModel
-from cnnvis.optimizer import Dream, DreamSettings
+from cnnvis.errors import NonFiniteImage
+from cnnvis.optimizer import Dream
+from cnnvis.settings import DreamOptions
 
 DECAY = 0.95
 FIRST_STEP = 1 / math.sqrt(1 - DECAY)  # |step| / lr of a fresh RMSProp cache: |g| / sqrt((1-d) g^2)
@@ -42,21 +44,23 @@ class Recorder:
         self.reports.append(report)
 
 
-def settings(**overrides) -> DreamSettings:
+def settings(**overrides) -> DreamOptions:
     # amplify_neuron on channel 0 of 2*x: the CNN gradient is exactly -2 on channel 0, 0 elsewhere.
-    values = dict(sizes=((4, 4),), image_type="amplify_neuron", target_layer="double",
+    values = dict(image_type="amplify_neuron", target_layer="double",
                   target_neuron=0, num_steps=1, p_reg=0.0, tv_reg=0.0, decay_rate=DECAY,
                   output_iter=1000)
     values.update(overrides)
-    return DreamSettings(**values)
+    return DreamOptions(**values)
+
+
+def start(network, recorder, sizes=((4, 4),), **overrides) -> Dream:
+    return Dream(VisModel(network, "doubling", mean_bgr=(0.0, 0.0, 0.0)), settings(**overrides),
+                 list(sizes), callback=recorder.report, progress=recorder.step_done)
 
 
 def dream(initial, **overrides):
-    network = DoublingNetwork()
-    model = VisModel(network, "doubling", mean_bgr=(0.0, 0.0, 0.0))
-    recorder = Recorder()
-    run = Dream(model, settings(**overrides), recorder)
-    return run.run(initial, None), network, recorder
+    network, recorder = DoublingNetwork(), Recorder()
+    return start(network, recorder, **overrides).run(initial, None), network, recorder
 
 
 def test_two_rmsprop_steps_by_hand():
@@ -79,11 +83,9 @@ def test_learning_rate_decay_and_tv_schedule_fire_after_the_right_steps(monkeypa
         def step_done(self, size_index, step):
             image_history.append(run.image.clone())
 
-    network = DoublingNetwork()
-    run = Dream(VisModel(network, "doubling", (0.0, 0.0, 0.0)),
-                settings(num_steps=steps, learning_rate=1.0, learning_rate_decay_iter=2,
-                         learning_rate_decay_factor=0.5, tv_reg=0.25, tv_reg_step=0.5,
-                         tv_reg_step_iter=3), Spy())
+    run = start(DoublingNetwork(), Spy(), num_steps=steps, learning_rate=1.0,
+                learning_rate_decay_iter=2, learning_rate_decay_factor=0.5, tv_reg=0.25,
+                tv_reg_step=0.5, tv_reg_step_iter=3)
     run.run(torch.zeros(1, 3, 4, 4), None)
 
     lr, tv, cache, x = 1.0, 0.25, 0.0, 0.0
@@ -156,11 +158,8 @@ def test_reports_every_output_iter_steps():
 
 
 def test_non_finite_image_stops_and_keeps_the_last_finite_image():
-    network = DoublingNetwork()
-    run = Dream(VisModel(network, "doubling", (0.0, 0.0, 0.0)),
-                settings(num_steps=3, learning_rate=5e37), Recorder())
-    with pytest.raises(optimizer.NonFiniteError) as error:
+    run = start(DoublingNetwork(), Recorder(), num_steps=3, learning_rate=5e37)
+    with pytest.raises(NonFiniteImage, match="step 2 of size 1"):
         run.run(torch.zeros(1, 3, 4, 4), None)
-    assert error.value.step == 2
     assert torch.isfinite(run.image).all()
     assert run.image[0, 0, 0, 0].item() == pytest.approx(5e37 * FIRST_STEP, rel=1e-5)

@@ -38,7 +38,7 @@ from cnnvis.caffe import CaffeNet, caffe_pb2 as pb, parse_prototxt, read_caffemo
 from cnnvis.caffe.layers import BUILDERS
 from cnnvis.errors import UserError
 from cnnvis.googlenet import googlenet_deploy
-from cnnvis.model import TorchEngine
+from cnnvis.engine import TorchEngine
 from cnnvis.objectives import Objective, amplify_layer, amplify_neuron
 from cnnvis.pycaffe_engine import CaffeEngine, import_caffe, load_caffe_engine
 from tests.caffe_files import INPUT, PLAIN_CNN, RESIDUAL, write_model

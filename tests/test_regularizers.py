@@ -122,7 +122,7 @@ def test_total_variation_gradient_matches_finite_differences(operator, beta):
 
 
 def _reference_differences(x: torch.Tensor, operator: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """ALGORITHM.md's dx, dy, written independently: slicing for naive, conv2d for the rest."""
+    """The dx, dy of docs/algorithm.md, written independently: slicing for naive, conv2d for the rest."""
     if operator == "naive":
         return x[:, :-1, :-1] - x[:, :-1, 1:], x[:, :-1, :-1] - x[:, 1:, :-1]
     if operator == "sobel":

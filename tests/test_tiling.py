@@ -27,7 +27,7 @@ def test_tile_starts_hand_worked(length, expected):
 
 
 def _satisfies_packing_rules(starts: list[int], length: int, tile: int) -> bool:
-    """Rules (a)-(e) of ALGORITHM.md, written independently of the module."""
+    """Rules (a)-(e) of docs/algorithm.md, written independently of the module."""
     ends = [s + tile for s in starts]
     pairs = list(zip(starts, starts[1:]))
     return (starts[0] == 0 and ends[-1] == length

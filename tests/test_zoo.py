@@ -15,7 +15,7 @@ from cnnvis.caffe import CaffeNet
 from cnnvis.cli import main
 from cnnvis.errors import UserError
 from cnnvis.googlenet import googlenet_deploy
-from tests.caffe_files import caffemodel_bytes
+from cnnvis.caffe.writer import caffemodel_bytes
 
 
 @pytest.fixture

@@ -1,0 +1,158 @@
+"""The Python API: load a model by name, dream a picture. The command line is its client.
+
+    import cnnvis
+    model = cnnvis.load_model("efficientnet_lite0")
+    image = cnnvis.dream("photo.jpg", model, seed=0, num_steps=50, tv_reg=0.05)
+    image.save("dream.png")
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import scipy.ndimage
+import torch
+from PIL import Image
+
+from cnnvis import zoo
+from cnnvis.errors import Interrupted, NonFiniteImage, UserError
+from cnnvis.imageio import load_rgb
+from cnnvis.model import VisModel
+from cnnvis.optimizer import Dream, Report
+from cnnvis.pixels import Picture, as_rgb, resize_rgb, rgb_to_image
+from cnnvis.settings import DreamOptions, check_seed
+from cnnvis.sizes import check_min_size, parse_size, size_sequence
+
+logger = logging.getLogger("cnnvis")
+
+ImageInput = str | Path | Image.Image | np.ndarray | None
+
+
+def default_device() -> torch.device:
+    """The first CUDA GPU, else Apple's MPS, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", 0)
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def load_model(name: str = zoo.DEFAULT_MODEL, *, deploy_txt: str | Path | None = None,
+               caffe_model: str | Path | None = None, device: torch.device | str | None = None,
+               backend: str = "torch",
+               mean_bgr: tuple[float, float, float] | None = None) -> VisModel:
+    """A network ready to dream with: a preset by `name` (see `cnnvis.zoo.PRESETS`), or Caffe
+    files (`deploy_txt`, `caffe_model`) that replace the preset's.
+
+    `device`: None for the GPU when there is one, else the CPU. `backend`: "torch", or
+    "caffe" for real Caffe (pycaffe). `mean_bgr` replaces the model's mean colour.
+    Missing preset weights are downloaded into the cache ($CNN_VIS_HOME).
+    """
+    device = default_device() if device is None else torch.device(device)
+    return zoo.load_model(name, None if deploy_txt is None else str(deploy_txt),
+                          None if caffe_model is None else str(caffe_model), mean_bgr,
+                          device=device, backend=backend)
+
+
+def dream(image: ImageInput, model: VisModel, *, seed: int | None = None,
+          callback: Callable[[Report], None] | None = None,
+          progress: Callable[[int, int], None] | None = None, **options) -> Image.Image:
+    """Dream on `image` with `model`; returns the picture as an 8-bit RGB PIL image.
+
+    `image`: a file path, a PIL image, a uint8 RGB array (H, W, 3), or None to start from
+    noise at the network's input size. `options`: the command line's option names with its
+    defaults (`target_layer=`, `num_steps=`, `initial_size=`, `tv_reg=`, ...; see
+    `cnnvis.DreamOptions`). `callback(report)` runs every `output_iter` steps with the
+    step, size, losses and the current picture; `progress(size_index, step)` after every
+    step. The same seed and options give the same pixels as the command line.
+    """
+    return render(image, model, seed=seed, callback=callback, progress=progress, **options).pil()
+
+
+def render(image: ImageInput, model: VisModel, *, seed: int | None = None,
+           callback: Callable[[Report], None] | None = None,
+           progress: Callable[[int, int], None] | None = None, **options) -> Picture:
+    """`dream`, returning a `Picture`: the float image itself (for 16-bit prints or further
+    work) and the seed that made it.
+
+    A run stopped by Ctrl-C raises `Interrupted`, and one whose image stops being finite
+    `NonFiniteImage`; both carry the last good picture as `.picture`.
+    """
+    settings = DreamOptions.from_keywords(options)
+    seed = check_seed(seed)
+    seed = new_seed() if seed is None else seed
+    photo = _photo(image)
+    sizes = plan_sizes(settings, None if photo is None else photo.shape[:2], model.input_size)
+    settings = dataclasses.replace(settings, target_layer=resolve_target(model, settings))
+    initial = (rgb_to_image(resize_rgb(photo, sizes[0]), model.mean_bgr) if photo is not None
+               else noise_image(sizes[0], settings.initialization_scale,
+                                settings.initialization_blur, seed))
+    run = Dream(model, settings, sizes, callback=callback, progress=progress)
+
+    def picture(image: torch.Tensor | None) -> Picture | None:
+        return None if image is None else Picture(image, model.mean_bgr, settings.rescale_image, seed)
+
+    try:
+        return picture(run.run(initial, photo))
+    except NonFiniteImage as error:
+        error.picture = picture(run.image)
+        raise
+    except KeyboardInterrupt:
+        raise Interrupted(picture(run.image)) from None
+
+
+def new_seed() -> int:
+    """A fresh seed, for runs not given one (it is recorded, so the run can be repeated)."""
+    return secrets.randbelow(2 ** 31)
+
+
+def _photo(image: ImageInput) -> np.ndarray | None:
+    if image is None:
+        return None
+    if isinstance(image, (str, Path)):
+        return load_rgb(image)
+    return as_rgb(image)
+
+
+def plan_sizes(options: DreamOptions, photo_size: tuple[int, int] | None,
+               input_size: tuple[int, int]) -> list[tuple[int, int]]:
+    """The size sequence; the base size is the network input for noise, the photo's size otherwise."""
+    base = input_size if photo_size is None else tuple(photo_size)
+    sizes = size_sequence(parse_size(options.initial_size, base, "--initial_size"),
+                          parse_size(options.final_size, base, "--final_size"),
+                          options.num_sizes, options.resize_type)
+    check_min_size(sizes, input_size, base)
+    return sizes
+
+
+def resolve_target(model: VisModel, options: DreamOptions) -> str:
+    """The target blob: `target_layer` (a GoogLeNet name translated for presets that offer
+    it, with a notice) or the model's default; checked against the network, with the neuron."""
+    target = options.target_layer or model.default_layer
+    if target is None:
+        raise UserError(f"{model.name} has no default target layer; name one with "
+                        "--target_layer (see --list_layers).")
+    translate = model.googlenet_counterpart
+    if target not in model.blob_names and translate and translate(target):
+        logger.warning(f"cnn-vis: {model.name} has no blob '{target}'; using its GoogLeNet "
+                       f"counterpart '{translate(target)}'.")
+        target = translate(target)
+    shape = model.check_target(target)
+    if options.image_type == "amplify_neuron" and options.target_neuron >= shape[1]:
+        raise UserError(f"--target_neuron {options.target_neuron} is outside blob '{target}', "
+                        f"which has {shape[1]} channels; use 0 to {shape[1] - 1}.")
+    return target
+
+
+def noise_image(size: tuple[int, int], scale: float, blur: float, seed: int) -> torch.Tensor:
+    """Gaussian white noise (1, 3, H, W) of std `scale`, blurred over the two spatial axes only."""
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn((1, 3) + tuple(size), generator=generator) * scale
+    if blur > 0:
+        noise = torch.from_numpy(scipy.ndimage.gaussian_filter(
+            noise.numpy(), sigma=(0, 0, blur, blur)).astype(np.float32))
+    return noise

@@ -1,0 +1,99 @@
+"""Pixel conversions, with no file I/O: RGB arrays and PIL images <-> cnn-vis images.
+
+A cnn-vis image is a float32 tensor (1, 3, H, W) in BGR order, in pixel units (0..255)
+minus the model's mean colour (docs/algorithm.md, "Image representation"). Pictures
+leave as RGB arrays of 8 or 16 bits per channel, or as PIL images.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+MAX_LEVEL = {8: 255, 16: 65535}   # the largest value of a channel at each output depth
+
+
+def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize uint8 RGB (H, W, 3) to size = (height, width) with Pillow's bicubic filter.
+
+    Returns `rgb` itself when it already has that size (docs/algorithm.md, "Initialisation").
+    """
+    check_rgb(rgb)
+    height, width = size
+    if rgb.shape[:2] == (height, width):
+        return rgb
+    resized = Image.fromarray(rgb).resize((width, height), Image.Resampling.BICUBIC)
+    return np.array(resized)
+
+
+def rgb_to_image(rgb: np.ndarray, mean_bgr: tuple[float, float, float]) -> torch.Tensor:
+    """uint8 RGB (H, W, 3) -> float32 (1, 3, H, W): BGR pixel units minus the mean colour."""
+    check_rgb(rgb)
+    bgr = torch.from_numpy(np.ascontiguousarray(rgb[:, :, ::-1].transpose(2, 0, 1)))  # (3, H, W)
+    mean = torch.tensor(mean_bgr, dtype=torch.float32).view(3, 1, 1)
+    return (bgr.to(torch.float32) - mean).unsqueeze(0)  # (1, 3, H, W)
+
+
+def image_to_rgb(img: torch.Tensor, mean_bgr: tuple[float, float, float],
+                 rescale: bool = False, depth: int = 8) -> np.ndarray:
+    """float (1, 3, H, W) BGR minus mean -> RGB (H, W, 3) of `depth` bits, ready to save.
+
+    Adds the mean colour back, then clips to [0, 255], or with `rescale` maps the
+    image's [min, max] (over all channels) linearly to [0, 255]. A constant image
+    cannot be stretched, so `rescale` leaves it as it is (clipped). Depth 8 rounds to
+    uint8; depth 16 keeps the same range in 257 times finer steps (uint16).
+    """
+    if img.ndim != 4 or tuple(img.shape[:2]) != (1, 3):
+        raise ValueError(f"expected an image of shape (1, 3, H, W), got {tuple(img.shape)}")
+    # One float64 copy, then in place: a 4K image is 200 MB at each temporary.
+    bgr = img[0].detach().to("cpu", torch.float64, copy=True).numpy()  # (3, H, W)
+    bgr += np.asarray(mean_bgr, dtype=np.float64).reshape(3, 1, 1)
+    if rescale:
+        low, high = bgr.min(), bgr.max()
+        if high > low:
+            bgr -= low
+            bgr *= 255.0 / (high - low)
+    np.clip(bgr, 0.0, 255.0, out=bgr)
+    if depth != 8:
+        bgr *= MAX_LEVEL[depth] / 255.0
+    np.rint(bgr, out=bgr)
+    return bgr[::-1].transpose(1, 2, 0).astype(np.uint8 if depth == 8 else np.uint16)  # (H, W, 3)
+
+
+def as_rgb(image: Image.Image | np.ndarray) -> np.ndarray:
+    """uint8 RGB (H, W, 3) of a PIL image (any mode) or of such an array (returned as it is)."""
+    if isinstance(image, Image.Image):
+        return np.array(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        check_rgb(image)
+        return image
+    raise TypeError(f"expected a PIL image or a uint8 array (H, W, 3), not {type(image).__name__}")
+
+
+def check_rgb(rgb: np.ndarray) -> None:
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected uint8 RGB of shape (H, W, 3), got {rgb.dtype} {rgb.shape}")
+
+
+@dataclass(frozen=True)
+class Picture:
+    """An optimised image with what it takes to show it: the result of `cnnvis.render`.
+
+    `image` is the float image (1, 3, H, W) itself, finer than any file; `rgb()` and
+    `pil()` turn it into pixels as the command line saves them.
+    """
+
+    image: torch.Tensor                       # (1, 3, H, W), BGR minus the mean colour
+    mean_bgr: tuple[float, float, float]
+    rescale: bool = False                     # --rescale_image
+    seed: int | None = None                   # the seed that made it, when known
+
+    def rgb(self, depth: int = 8) -> np.ndarray:
+        """RGB (H, W, 3), uint8 (depth 8) or uint16 (depth 16)."""
+        return image_to_rgb(self.image, self.mean_bgr, self.rescale, depth)
+
+    def pil(self) -> Image.Image:
+        """The picture as an 8-bit RGB PIL image."""
+        return Image.fromarray(self.rgb())

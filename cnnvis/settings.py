@@ -1,0 +1,243 @@
+"""Every option of cnn-vis, written once: name, type, default, check and help text.
+
+Two frozen dataclasses hold them. `DreamOptions` are the options that decide the
+picture; they are the keywords of `cnnvis.dream`. `CommandOptions` are the rest of the
+command line (model files, output, reporting, model tools). Each field's metadata is a
+`Setting`; the command line's argparse options and the API's keyword checks are both
+built from `dataclasses.fields()`, so a new option is one field here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from cnnvis.errors import UserError
+from cnnvis.regularizers import TV_OPERATORS
+from cnnvis.sizes import RESIZE_TYPES
+
+# The option groups of --help, in this order.
+GROUPS = ("CNN options", "Image options", "Initialization options", "Resize options",
+          "Optimization options", "Layer amplification objective options",
+          "P-norm regularization options", "Auxiliary p-norm regularization options",
+          "Total Variation regularization options", "Output options",
+          "Model tools (each does its job and exits)")
+
+IMAGE_TYPES = ("amplify_layer", "amplify_neuron")
+BACKENDS = ("torch", "caffe")
+ACTIONS = ("print", "save", "show", "plot_pix")
+OUTPUT_DEPTHS = (8, 16)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How one option is spelt, parsed from the command line and checked.
+
+    `kind` is bool (a flag), int, float or str. Numbers are checked against `minimum`
+    (`above`: strictly) and `maximum`; a str against `choices` when there are some.
+    """
+
+    kind: type
+    help: str
+    group: str
+    aliases: tuple[str, ...] = ()      # other spellings, e.g. the 2015 script's names
+    minimum: float | None = None
+    above: bool = False
+    maximum: float | None = None
+    choices: tuple | None = None
+    metavar: str | None = None
+
+    def parse(self, flag: str, text: str) -> Any:
+        """The value of command-line `text`, checked; a UserError naming `flag` otherwise."""
+        if self.kind in (int, float):
+            try:
+                value = self.kind(text)
+            except ValueError:
+                raise UserError(f"{flag} '{text}' is not "
+                                f"{'an integer' if self.kind is int else 'a number'} (see --help).") from None
+        else:
+            value = self.kind(text) if self.choices is None else _choice(self.choices, text)
+        return self.check(flag, value, text)
+
+    def check(self, flag: str, value: Any, shown: str | None = None) -> Any:
+        """`value` if it is a valid value of this option; a UserError naming `flag` otherwise."""
+        shown = str(value) if shown is None else shown
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise UserError(f"{flag} takes True or False, not {value!r}.")
+            return value
+        if self.kind in (int, float):
+            kinds = (int,) if self.kind is int else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise UserError(f"{flag} '{shown}' is not "
+                                f"{'an integer' if self.kind is int else 'a number'} (see --help).")
+            if self.kind is float and not math.isfinite(value):
+                raise UserError(f"{flag} '{shown}' is not a finite number (see --help).")
+            if self.minimum is not None and (value <= self.minimum if self.above
+                                              else value < self.minimum):
+                raise UserError(f"{flag} {shown} must be {'above' if self.above else 'at least'} "
+                                f"{self.minimum} (see --help).")
+            if self.maximum is not None and value > self.maximum:
+                raise UserError(f"{flag} {shown} must be at most {self.maximum} (see --help).")
+            return value
+        if not isinstance(value, self.kind):
+            raise UserError(f"{flag} takes a {self.kind.__name__}, not {value!r}.")
+        if self.choices is not None and value not in self.choices:
+            raise UserError(f"{flag} '{shown}' is not one of: "
+                            f"{', '.join(str(c) for c in self.choices)} (see --help).")
+        return value
+
+
+def _choice(choices: tuple, text: str) -> Any:
+    """The choice that `text` spells (choices may be ints, such as --output_depth's)."""
+    return next((c for c in choices if str(c) == text), text)
+
+
+def option(default: Any, kind: type, help: str, group: str, **spec) -> Any:
+    """A dataclass field that is an option: its default and its `Setting`."""
+    return field(default=default, metadata={"setting": Setting(kind, help, group, **spec)})
+
+
+def _check_fields(instance) -> None:
+    for f in dataclasses.fields(instance):
+        value = getattr(instance, f.name)
+        if value is not None or f.default is not None:
+            f.metadata["setting"].check(f"--{f.name}", value)
+
+
+@dataclass(frozen=True)
+class DreamOptions:
+    """The options that decide the picture (the README's names and defaults).
+
+    `cnnvis.dream(image, model, **options)` takes these names as keywords; every value
+    is checked when the object is made, with the messages the command line prints.
+    """
+
+    batch_size: int = option(1, int, "image patches computed in parallel", GROUPS[0], minimum=1)
+    image_type: str = option("amplify_layer", str, "what to amplify", GROUPS[1], choices=IMAGE_TYPES)
+    target_layer: str | None = option(
+        None, str, "blob to amplify (default: the model's own, inception_4d/3x3_reduce for "
+        "GoogLeNet; see --list_layers)", GROUPS[1])
+    target_neuron: int = option(0, int, "channel to amplify with amplify_neuron", GROUPS[1],
+                                minimum=0)
+    initialization_scale: float = option(1.0, float, "std of the noise", GROUPS[2], minimum=0)
+    initialization_blur: float = option(0.0, float, "std in pixels of the Gaussian blur of the noise",
+                                        GROUPS[2], minimum=0)
+    initial_size: str | None = option(
+        None, str, "'xF' (multiple of the base size) or 'HxW'; default: base size", GROUPS[3])
+    final_size: str | None = option(None, str, "same format as --initial_size", GROUPS[3])
+    num_sizes: int = option(1, int, "number of sizes from --initial_size to --final_size",
+                            GROUPS[3], minimum=1)
+    resize_type: str = option("geometric", str, "spacing of the sizes", GROUPS[3],
+                              choices=RESIZE_TYPES)
+    learning_rate: float = option(1.0, float, "RMSProp learning rate", GROUPS[4], minimum=0)
+    learning_rate_decay_iter: int = option(100, int, "steps between learning rate decays",
+                                           GROUPS[4], minimum=1)
+    learning_rate_decay_factor: float = option(
+        1.0, float, "factor of each learning rate decay", GROUPS[4], minimum=0,
+        aliases=("--learning_rate_decay_fraction",))
+    decay_rate: float = option(0.95, float, "RMSProp decay rate", GROUPS[4], minimum=0)
+    num_steps: int = option(1000, int, "steps at each size", GROUPS[4], minimum=1)
+    use_pixel_learning_rates: bool = option(
+        False, bool, "divide each pixel's step by the number of regions that cover it", GROUPS[4])
+    l1_weight: float = option(1.0, float, "weight of -|a| in the top gradient", GROUPS[5],
+                              aliases=("--amplify_l1_weight",))
+    l2_weight: float = option(1.0, float, "weight of -clip(a) in the top gradient", GROUPS[5],
+                              aliases=("--amplify_l2_weight",))
+    grad_clip: float = option(5.0, float, "clip of the l2 term", GROUPS[5], minimum=0,
+                              aliases=("--amplify_grad_clip",))
+    alpha: float = option(6.0, float, "exponent of the p-norm", GROUPS[6], minimum=0, above=True)
+    p_reg: float = option(1e-4, float, "strength of the p-norm", GROUPS[6], minimum=0)
+    p_scale: float = option(1.0, float, "scale of the p-norm", GROUPS[6], minimum=0, above=True)
+    alpha_aux: float = option(6.0, float, "exponent of the auxiliary p-norm", GROUPS[7],
+                              minimum=0, above=True)
+    p_reg_aux: float = option(0.0, float, "strength of the auxiliary p-norm", GROUPS[7], minimum=0)
+    p_scale_aux: float = option(1.0, float, "scale of the auxiliary p-norm", GROUPS[7],
+                                minimum=0, above=True)
+    beta: float = option(2.0, float, "exponent of the TV-norm", GROUPS[8], minimum=0, above=True)
+    tv_reg: float = option(0.5, float, "strength of the TV-norm", GROUPS[8], minimum=0)
+    tv_reg_scale: float = option(1.0, float, "scale of the TV-norm", GROUPS[8], minimum=0,
+                                 above=True)
+    tv_reg_step_iter: int = option(50, int, "steps between increases of --tv_reg", GROUPS[8],
+                                   minimum=1)
+    tv_reg_step: float = option(0.0, float, "increase of --tv_reg every --tv_reg_step_iter steps",
+                                GROUPS[8])
+    tv_grad_operator: str = option("naive", str, "finite differences of the TV-norm", GROUPS[8],
+                                   choices=TV_OPERATORS)
+    rescale_image: bool = option(
+        False, bool, "map the image's [min, max] to [0, 255] instead of clipping", GROUPS[9])
+    output_iter: int = option(50, int, "steps between reports (--iter_behavior, callbacks)",
+                              GROUPS[9], minimum=1)
+
+    def __post_init__(self):
+        _check_fields(self)
+
+    @classmethod
+    def from_keywords(cls, options: dict[str, Any]) -> "DreamOptions":
+        """DreamOptions from keyword arguments; an unknown name is a TypeError naming the closest."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        for name in options:
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else "; see help(cnnvis.DreamOptions)"
+                raise TypeError(f"unknown option '{name}'{hint}")
+        return cls(**options)
+
+
+@dataclass(frozen=True)
+class CommandOptions:
+    """The command line's other options: model files, output, reporting and model tools."""
+
+    model: str = option("bvlc_googlenet", str, "model preset (see --list_models); "
+                        "--deploy_txt/--caffe_model override its files", GROUPS[0])
+    deploy_txt: str | None = option(None, str, "Caffe .prototxt of the CNN (input blob 'data'); "
+                                    "$CAFFE_ROOT and ~ are expanded", GROUPS[0])
+    caffe_model: str | None = option(None, str, "Caffe .caffemodel with the CNN's weights",
+                                     GROUPS[0])
+    mean_image: str | None = option(None, str, ".npy mean image (3,H,W) or BGR mean colour (3,); "
+                                    "default: the model's mean colour", GROUPS[0])
+    gpu: int = option(0, int, "CUDA device; negative: CPU", GROUPS[0])
+    backend: str = option("torch", str, "engine for the CNN: PyTorch, or real Caffe (pycaffe, "
+                          "optional; scripts/install_pycaffe.sh installs it)", GROUPS[0],
+                          choices=BACKENDS)
+    initial_image: str | None = option(None, str, "image to start from (default: smoothed noise)",
+                                       GROUPS[2])
+    seed: int | None = option(None, int, "random seed (default: a fresh one, recorded in the "
+                              "output PNG)", GROUPS[2], minimum=0,
+                              maximum=2 ** 63 - 1)  # what torch's generator takes
+    output_file: str = option("out.png", str, "the PNG to write", GROUPS[9])
+    output_depth: int = option(8, int, "bits per channel of the PNGs written", GROUPS[9],
+                               choices=OUTPUT_DEPTHS)
+    iter_behavior: str = option("save+print", str, "actions every output_iter steps, joined "
+                                f"with '+': {', '.join(ACTIONS)}", GROUPS[9])
+    show_width: float = option(5.0, float, "inches", GROUPS[9], minimum=0, above=True)
+    show_height: float = option(5.0, float, "inches", GROUPS[9], minimum=0, above=True)
+    replay: str | None = option(None, str, "run again the command recorded in a PNG that cnn-vis "
+                                "wrote (same seed); options given beside it apply last",
+                                GROUPS[10], metavar="PNG")
+    classify: str | None = option(None, str, "print the model's top 5 classes for IMAGE",
+                                  GROUPS[10], metavar="IMAGE")
+    list_models: bool = option(False, bool, "list the model presets", GROUPS[10])
+    list_layers: bool = option(False, bool, "list the model's targetable blobs with their shapes "
+                               "(needs no weights)", GROUPS[10])
+    download: str | None = option(None, str, "download a preset's weights ahead of time",
+                                  GROUPS[10], metavar="NAME")
+    debug: bool = option(False, bool, "show tracebacks for errors (also CNN_VIS_DEBUG=1)",
+                         GROUPS[10])
+
+    def __post_init__(self):
+        _check_fields(self)
+
+
+def settings(cls) -> Iterator[tuple[dataclasses.Field, Setting]]:
+    """The fields of an options class with their `Setting`s, in declaration order."""
+    for f in dataclasses.fields(cls):
+        yield f, f.metadata["setting"]
+
+
+def check_seed(seed: Any) -> int | None:
+    """`seed` if it is a valid --seed (None: a fresh one is drawn later)."""
+    return CommandOptions(seed=seed).seed
