@@ -5,12 +5,14 @@
         --initial_image photo.jpg --output_file dream.png
 
 Every option is described by `python cnn_vis.py --help` and in README.md. The work lives
-in the `cnnvis` package; `cnnvis.cli.dream` is the recipe (check inputs, load the model,
-make the initial image, optimise, save).
+in the `cnnvis` package; `cnnvis.cli.main` is the command line.
 """
 import sys
 
-from cnnvis.cli import main
-
 if __name__ == "__main__":
+    try:
+        from cnnvis.cli import main   # imports PyTorch: a few seconds, during which Ctrl-C may come
+    except KeyboardInterrupt:
+        print("cnn-vis: interrupted.", file=sys.stderr)
+        sys.exit(130)
     sys.exit(main())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -86,7 +87,9 @@ def render(image: ImageInput, model: VisModel, *, seed: int | None = None,
     seed = check_seed(seed)
     seed = new_seed() if seed is None else seed
     photo = _photo(image)
+    check_photo_options(settings, photo is not None)
     sizes = plan_sizes(settings, None if photo is None else photo.shape[:2], model.input_size)
+    check_memory(sizes, model.device)
     settings = dataclasses.replace(settings, target_layer=resolve_target(model, settings))
     initial = (rgb_to_image(resize_rgb(photo, sizes[0]), model.mean_bgr) if photo is not None
                else noise_image(sizes[0], settings.initialization_scale,
@@ -101,8 +104,8 @@ def render(image: ImageInput, model: VisModel, *, seed: int | None = None,
     except NonFiniteImage as error:
         error.picture = picture(run.image)
         raise
-    except KeyboardInterrupt:
-        raise Interrupted(picture(run.image)) from None
+    except KeyboardInterrupt as stop:
+        raise Interrupted(picture(run.image)) from stop
 
 
 def new_seed() -> int:
@@ -118,6 +121,15 @@ def _photo(image: ImageInput) -> np.ndarray | None:
     return as_rgb(image)
 
 
+def check_photo_options(options: DreamOptions, photo: bool) -> None:
+    """Refuse what diverges for certain: a p-norm exponent below 1 pulling towards the photo
+    has an infinite gradient where the image equals the photo, as it does at the start."""
+    if photo and options.p_reg > 0 and options.alpha < 1:
+        raise UserError(f"--alpha {options.alpha} with a photo: below 1 the p-norm's gradient is "
+                        "infinite where the image equals the photo, as it does at the start; "
+                        "use --alpha 1 or more, or --p_reg 0.")
+
+
 def plan_sizes(options: DreamOptions, photo_size: tuple[int, int] | None,
                input_size: tuple[int, int]) -> list[tuple[int, int]]:
     """The size sequence; the base size is the network input for noise, the photo's size otherwise."""
@@ -127,6 +139,29 @@ def plan_sizes(options: DreamOptions, photo_size: tuple[int, int] | None,
                           options.num_sizes, options.resize_type)
     check_min_size(sizes, input_size, base)
     return sizes
+
+
+# Memory per pixel of the largest size, measured (benchmarks/bench.py, one step at 4K: 1.3 GB)
+# and rounded up: the image, its copy from before the step, the photo it is pulled towards,
+# the RMSProp caches of the overlapping regions, and the float64 copy made when it is saved.
+BYTES_PER_PIXEL = 100
+BASE_BYTES = 2 ** 30   # the model, PyTorch and the tiles in flight
+
+
+def check_memory(sizes: list[tuple[int, int]], device: torch.device) -> None:
+    """Refuse, before any work, a CPU run whose largest size this machine's memory cannot hold."""
+    if device.type != "cpu":
+        return
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return   # not a POSIX system that says
+    height, width = max(sizes, key=lambda size: size[0] * size[1])
+    needed = BASE_BYTES + BYTES_PER_PIXEL * height * width
+    if needed > physical:
+        raise UserError(f"size {height}x{width} needs about {needed / 2 ** 30:.0f} GB of memory, "
+                        f"and this machine has {physical / 2 ** 30:.0f} GB; use a smaller "
+                        "--final_size (or --initial_size), or a machine with more memory.")
 
 
 def resolve_target(model: VisModel, options: DreamOptions) -> str:

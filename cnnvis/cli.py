@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import logging
 import os
+import re
 import shlex
 import sys
 import traceback
@@ -22,15 +22,17 @@ from PIL import Image
 from cnnvis import api, zoo
 from cnnvis.caffe import CaffeNet, read_prototxt
 from cnnvis.caffe.net import network_input
+from cnnvis.console import exit_status, guarded_process, signals_deferred
 from cnnvis.engine import keep_freed_memory
 from cnnvis.errors import Interrupted, NonFiniteImage, UserError
+from cnnvis.files import same_file
 from cnnvis.imageio import check_writable_output, load_mean_colour, load_rgb, save_png
 from cnnvis.model import VisModel
 from cnnvis.pixels import Picture
 from cnnvis.report import ConsoleObserver
 from cnnvis.settings import ACTIONS, GROUPS, CommandOptions, DreamOptions, settings
 
-EXIT_USER_ERROR, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED = 2, 1, 130
+EXIT_USER_ERROR, EXIT_INTERNAL_ERROR = 2, 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,14 +63,33 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_arguments(argv: list[str]) -> tuple[CommandOptions, DreamOptions, list[str]]:
     """The command's options, the dream's options, and the argv they came from (with
     --replay expanded into the recorded command)."""
-    namespace = build_parser().parse_args(argv)
-    if namespace.replay:
-        argv = replay_argv(namespace.replay, argv)
-        namespace = build_parser().parse_args(argv)
-    values = vars(namespace)
+    namespace = build_parser().parse_args(_negative_values_attached(argv))
+    replay = namespace.replay
+    if replay:
+        argv = replay_argv(replay, argv)
+        namespace = build_parser().parse_args(_negative_values_attached(argv))
+    values = {**vars(namespace), "replay": replay}
     return (CommandOptions(**{f.name: values[f.name] for f in dataclasses.fields(CommandOptions)}),
             DreamOptions(**{f.name: values[f.name] for f in dataclasses.fields(DreamOptions)}),
             argv)
+
+
+_NEGATIVE_NUMBER = re.compile(r"-(\d|\.\d|inf|nan)", re.IGNORECASE)
+
+
+def _negative_values_attached(argv: list[str]) -> list[str]:
+    """argv with `--option -1e-3` written `--option=-1e-3`: argparse takes a value that starts
+    with '-' for an option unless it looks like a plain number ('-1', '-0.5')."""
+    takes_value = {flag for options in (CommandOptions, DreamOptions)
+                   for field, setting in settings(options) if setting.kind is not bool
+                   for flag in (f"--{field.name}", *setting.aliases)}
+    joined: list[str] = []
+    for token in argv:
+        if joined and joined[-1] in takes_value and _NEGATIVE_NUMBER.match(token):
+            joined[-1] = f"{joined[-1]}={token}"
+        else:
+            joined.append(token)
+    return joined
 
 
 def replay_argv(png: str, argv: list[str]) -> list[str]:
@@ -91,36 +112,46 @@ def replay_argv(png: str, argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv or os.environ.get("CNN_VIS_DEBUG") == "1"
-    try:
-        command, options, argv = parse_arguments(argv)
-        with _notices_on_stderr():
+    with guarded_process():
+        try:
+            command, options, argv = parse_arguments(argv)
             return run(command, options, argv)
-    except UserError as error:
-        if debug:
-            traceback.print_exc()
-        print(f"cnn-vis: error: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("cnn-vis: interrupted.", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as error:  # noqa: BLE001 - the last line of defence: no traceback for users
-        if debug:
-            traceback.print_exc()
-        print(f"cnn-vis: internal error: {type(error).__name__}: {error}. This is a bug; "
-              "please report it with the output of the same command with --debug.", file=sys.stderr)
-        return EXIT_INTERNAL_ERROR
+        except UserError as error:
+            return _fail(f"error: {error}", debug)
+        except KeyboardInterrupt as stop:
+            print("cnn-vis: interrupted.", file=sys.stderr)
+            return exit_status(stop)
+        except MemoryError:
+            return _fail("error: this machine has not enough memory for the run; use smaller "
+                         "sizes (--initial_size, --final_size) or a smaller --batch_size.", debug)
+        except OSError as error:   # the operating system refused something not checked before
+            where = f" '{error.filename}'" if error.filename else ""
+            return _fail(f"error: the operating system refused{where}: {error.strerror or error}; "
+                         "check the path, the free disk space and the permissions.", debug)
+        except Exception as error:  # noqa: BLE001 - the last line of defence: no traceback for users
+            if _out_of_memory(error):
+                return _fail("error: this machine has not enough memory for the run; use "
+                             "smaller sizes (--initial_size, --final_size) or a smaller "
+                             "--batch_size.", debug)
+            _fail(f"internal error: {type(error).__name__}: {error}. This is a bug; please report "
+                  "it with the output of the same command with --debug.", debug)
+            return EXIT_INTERNAL_ERROR
 
 
-class _notices_on_stderr:
-    """The library's notices (logger "cnnvis") printed as plain lines while the command runs."""
+def _fail(message: str, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    print(f"cnn-vis: {message}", file=sys.stderr)
+    return EXIT_USER_ERROR
 
-    def __enter__(self):
-        self.handler = logging.StreamHandler(sys.stderr)
-        self.handler.setFormatter(logging.Formatter("%(message)s"))
-        logging.getLogger("cnnvis").addHandler(self.handler)
 
-    def __exit__(self, *exc):
-        logging.getLogger("cnnvis").removeHandler(self.handler)
+def _out_of_memory(error: Exception) -> bool:
+    """PyTorch's allocators report a failed allocation as a RuntimeError (torch.OutOfMemoryError
+    on CUDA)."""
+    text = str(error)
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and ("can't allocate memory" in text
+                                             or "out of memory" in text))
 
 
 def run(command: CommandOptions, options: DreamOptions, argv: list[str]) -> int:
@@ -152,13 +183,20 @@ def dream(command: CommandOptions, options: DreamOptions, argv: list[str]) -> in
     actions = parse_actions(command.iter_behavior)
     output = Path(command.output_file)
     check_writable_output(output)
+    for source, option in ((command.initial_image, "--initial_image"), (command.replay, "--replay")):
+        if source and same_file(source, output):
+            raise UserError(f"--output_file {output} is the {option} image itself, which the "
+                            "result would replace; choose another --output_file.")
     photo = load_rgb(command.initial_image) if command.initial_image else None
     mean_bgr = load_mean_colour(command.mean_image) if command.mean_image else None
+    api.check_photo_options(options, photo is not None)
     # The network's input size is known before its weights load: check the sizes first.
     input_size = (network_input(read_prototxt(command.deploy_txt))[1][1:] if command.deploy_txt
                   else zoo.preset(command.model).input_size)
     sizes = api.plan_sizes(options, None if photo is None else photo.shape[:2], input_size)
-    model = load_model(command, mean_bgr)
+    device = select_device(command.gpu)
+    api.check_memory(sizes, device)
+    model = load_model(command, mean_bgr, device)
 
     seed = command.seed if command.seed is not None else api.new_seed()
     png_text = {"Software": "cnn-vis", "cnn-vis:model": model.name, "cnn-vis:seed": str(seed),
@@ -169,24 +207,31 @@ def dream(command: CommandOptions, options: DreamOptions, argv: list[str]) -> in
                                show_size=(command.show_width, command.show_height))
 
     def save(picture: Picture) -> None:
-        save_png(output, picture.rgb(command.output_depth), png_text)
+        with signals_deferred():   # a signal now waits for the file to be complete
+            save_png(output, picture.rgb(command.output_depth), png_text)
 
     try:
-        picture = api.render(photo, model, seed=seed, callback=observer.report,
-                             progress=observer.step_done, **dataclasses.asdict(options))
+        try:
+            picture = api.render(photo, model, seed=seed, callback=observer.report,
+                                 progress=observer.step_done, **dataclasses.asdict(options))
+        finally:
+            observer.close()
     except NonFiniteImage as error:
         save(error.picture)
         raise UserError(f"{error}; the last finite image is saved as {output}. Lower "
                         "--learning_rate (or the regularisation strengths --p_reg, --tv_reg) "
                         "and run again.") from None
     except Interrupted as interruption:
-        if interruption.picture is not None:
-            save(interruption.picture)
-            print(f"\ncnn-vis: interrupted; the current image is saved as {output}.", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    finally:
-        observer.close()
-    save(picture)
+        if interruption.picture is None:
+            raise
+        save(interruption.picture)
+        print(f"\ncnn-vis: interrupted; the current image is saved as {output}.", file=sys.stderr)
+        return exit_status(interruption)
+    try:
+        save(picture)
+    except KeyboardInterrupt as stop:   # it came while the image was written, which finished
+        print(f"\ncnn-vis: interrupted; the finished image is saved as {output}.", file=sys.stderr)
+        return exit_status(stop)
     print(f"wrote {output}", file=sys.stderr)
     return 0
 
@@ -224,8 +269,8 @@ def select_device(gpu: int) -> torch.device:
     return torch.device("cpu")
 
 
-def load_model(command: CommandOptions, mean_bgr=None) -> VisModel:
-    device = select_device(command.gpu)
+def load_model(command: CommandOptions, mean_bgr=None, device: torch.device | None = None) -> VisModel:
+    device = device or select_device(command.gpu)
     if device.type == "cpu" and command.backend == "torch":
         keep_freed_memory()
     return api.load_model(command.model, deploy_txt=command.deploy_txt,

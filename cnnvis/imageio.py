@@ -8,7 +8,10 @@ that made them). Conversions between pixels and cnn-vis images live in `cnnvis.p
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
+import warnings
 import secrets
 import zlib
 from collections.abc import Iterator, Mapping
@@ -19,28 +22,33 @@ import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from cnnvis.errors import UserError
+from cnnvis.files import open_input
 
 PathLike = str | os.PathLike[str]
+logger = logging.getLogger("cnnvis")
 
 
 # ----------------------------------------------------------------------------- reading
 
-def load_rgb(path: PathLike) -> np.ndarray:
+def load_rgb(path: PathLike, option: str = "--initial_image") -> np.ndarray:
     """Read an image file as uint8 RGB (H, W, 3).
 
     Alpha is dropped, grey and palette images become 3 channels, 16-bit grey is
     scaled (not clipped) to 8 bits, and the EXIF orientation is applied so the
     pixels are the way image viewers show them. The image is decoded in full here,
     so a truncated file fails now, not hours later. Pillow's decompression-bomb
-    limit stays on. Every problem with the file is a UserError naming the file.
+    limit stays on; an image above its warning size is said in one line. Every
+    problem with the file is a UserError naming the file (and `option`, its source).
     """
-    try:
-        file = open(path, "rb")
-    except OSError as exc:
-        raise _unreadable_file_error("image", path, exc) from None
-    with file:
+    with open_input(path, "image", option) as file:
         try:
-            with Image.open(file) as image:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", Image.DecompressionBombWarning)
+                image = Image.open(file)
+            with image:
+                if caught:
+                    logger.warning(f"cnn-vis: image '{path}' has {image.width}x{image.height} "
+                                   "pixels; it takes a lot of memory and time.")
                 image.load()
                 return _to_rgb_array(ImageOps.exif_transpose(image))
         except UnidentifiedImageError:
@@ -65,19 +73,6 @@ def _to_rgb_array(image: Image.Image) -> np.ndarray:
     return np.array(image.convert("RGB"))
 
 
-def _unreadable_file_error(kind: str, path: PathLike, exc: OSError) -> UserError:
-    """UserError for a file that cannot be opened at all, with the usual fix for each cause."""
-    if isinstance(exc, FileNotFoundError):
-        problem = "no such file; check the path and its spelling"
-    elif isinstance(exc, IsADirectoryError):
-        problem = "it is a directory; give the path of a file inside it"
-    elif isinstance(exc, PermissionError):
-        problem = f"permission denied; make the file readable (chmod u+r '{path}')"
-    else:
-        problem = f"{exc.strerror or exc}; check the file and the disk"
-    return UserError(f"cannot read {kind} '{path}': {problem}")
-
-
 def load_mean_colour(npy_path: PathLike) -> tuple[float, float, float]:
     """The BGR mean colour stored in a NumPy .npy file (for `--mean_image`).
 
@@ -86,10 +81,8 @@ def load_mean_colour(npy_path: PathLike) -> tuple[float, float, float]:
     else, including pickled object arrays (never unpickled), is a UserError.
     """
     try:
-        with open(npy_path, "rb") as file:
+        with open_input(npy_path, "mean image", "--mean_image") as file:
             array = np.lib.format.read_array(file, allow_pickle=False)
-    except OSError as exc:
-        raise _unreadable_file_error("mean image", npy_path, exc) from None
     except (ValueError, EOFError) as exc:
         raise _mean_error(npy_path, f"not a readable NumPy .npy array ({exc})") from None
 
@@ -103,6 +96,9 @@ def load_mean_colour(npy_path: PathLike) -> tuple[float, float, float]:
         raise _mean_error(npy_path, f"its shape is {array.shape}")
     if not np.all(np.isfinite(mean_bgr)):
         raise _mean_error(npy_path, "it contains NaN or infinite values")
+    if not np.all((mean_bgr >= 0) & (mean_bgr <= 255)):
+        raise _mean_error(npy_path, f"its mean colour {tuple(float(m) for m in mean_bgr)} lies "
+                                    "outside the pixel range 0..255")
     return (float(mean_bgr[0]), float(mean_bgr[1]), float(mean_bgr[2]))
 
 
@@ -123,7 +119,7 @@ def save_png(path: PathLike, rgb: np.ndarray, text: Mapping[str, str] | None = N
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"expected RGB (H, W, 3) of uint8 or uint16, got {rgb.dtype} {rgb.shape}")
-    text = dict(text or {})
+    text = {key: _encodable(value) for key, value in (text or {}).items()}
     with atomic_write(path) as file:
         if rgb.dtype == np.uint8:
             info = PngImagePlugin.PngInfo()
@@ -132,6 +128,16 @@ def save_png(path: PathLike, rgb: np.ndarray, text: Mapping[str, str] | None = N
             Image.fromarray(rgb).save(file, format="PNG", pnginfo=info)
         else:
             file.write(_png16(rgb, text))
+
+
+def _encodable(text: str) -> str:
+    """`text` with what no PNG text can hold escaped: a path that is not valid UTF-8 reaches
+    Python with lone surrogates in it, and its bytes are written as \\xNN."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def _png16(rgb: np.ndarray, text: Mapping[str, str]) -> bytes:
@@ -196,7 +202,8 @@ def _create_temp_file(target: Path) -> tuple[int, Path]:
     Mode 0o666 filtered by the umask gives the permissions a plain open() would,
     unlike tempfile.mkstemp's 0o600, which os.replace would carry over to the output.
     """
-    temp_path = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+    # A name of fixed length, so that any legal output name leaves room for it.
+    temp_path = target.with_name(f".cnn-vis-{secrets.token_hex(6)}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     return os.open(temp_path, flags, 0o666), temp_path
 
@@ -214,6 +221,9 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def _write_error(target: Path, exc: OSError) -> UserError:
+    if exc.errno == errno.ENAMETOOLONG:
+        return UserError(f"cannot write '{target}': the path is longer than the operating system "
+                         "allows; choose a shorter output path")
     return UserError(f"cannot write '{target}': {exc.strerror or exc}; check the free disk space "
                      f"and the directory's permissions, or choose another output path")
 
@@ -228,22 +238,24 @@ def check_writable_output(path: PathLike) -> None:
     mounts, ACLs, root).
     """
     target = Path(path)
-    if target.is_dir():
-        raise UserError(f"output file '{target}' is a directory; "
-                        f"give a file name such as '{target / 'out.png'}'")
-    if target.suffix.lower() != ".png":
-        raise UserError(f"output file '{target}' must end in .png (cnn-vis writes PNG images); "
-                        f"use e.g. '{target.with_suffix('.png')}'")
-    directory = target.parent
-    if not directory.is_dir():
-        raise UserError(f"cannot write '{target}': '{directory}' is not an existing directory; "
-                        f"create it (mkdir -p '{directory}') or choose another output path")
     try:
+        if target.is_dir():
+            raise UserError(f"output file '{target}' is a directory; "
+                            f"give a file name such as '{target / 'out.png'}'")
+        if target.suffix.lower() != ".png":
+            raise UserError(f"output file '{target}' must end in .png (cnn-vis writes PNG "
+                            f"images); use e.g. '{target.with_suffix('.png')}'")
+        directory = target.parent
+        if not directory.is_dir():
+            raise UserError(f"cannot write '{target}': '{directory}' is not an existing directory; "
+                            f"create it (mkdir -p '{directory}') or choose another output path")
+        if len(os.fsencode(target.name)) > os.pathconf(directory, "PC_NAME_MAX"):
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
         descriptor, temp_path = _create_temp_file(target)
+        os.close(descriptor)
+        temp_path.unlink()
     except OSError as exc:
         raise _write_error(target, exc) from exc
-    os.close(descriptor)
-    temp_path.unlink()
 
 
 def sibling_path(output_file: PathLike, suffix: str) -> Path:

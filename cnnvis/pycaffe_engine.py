@@ -1,9 +1,10 @@
 """Real Caffe as cnn-vis' second engine (`--backend caffe`), through pycaffe.
 
-Caffe computes every blob and gradient itself: the network file goes to Caffe as
-written, plus `force_backward: true` (without which Caffe computes no gradient for the
-input), so Caffe upgrades legacy V1 files and knows every layer type it was built
-with. It is also the reference that the tests hold the PyTorch engine to.
+Caffe computes every blob and gradient itself, on the network as cnn-vis parsed and
+validated it (rebuilt from the parsed message, so that a model file can make Caffe
+neither read nor write files), plus `force_backward: true` (without which Caffe computes
+no gradient for the input). It is also the reference that the tests hold the PyTorch
+engine to.
 
 pycaffe is optional (scripts/install_pycaffe.sh builds it) and imported on first use.
 A Caffe that fails a check while loading aborts its whole process, so a network is
@@ -26,8 +27,8 @@ from google.protobuf import text_format
 from google.protobuf.message import Message
 
 from cnnvis.caffe import caffe_pb2 as pb
-from cnnvis.caffe import read_prototxt
-from cnnvis.caffe.net import unknown_blob
+from cnnvis.caffe import CaffeNet, read_prototxt
+from cnnvis.caffe.net import included_in_test_phase, unknown_blob
 from cnnvis.errors import UserError
 from cnnvis.objectives import Objective
 
@@ -193,20 +194,28 @@ def load_caffe_engine(deploy: str | Path | pb.NetParameter, weights: str | Path,
 
 
 def _net_for_gradients(caffe: ModuleType, deploy: str | Path | pb.NetParameter) -> tuple[Message, str]:
-    """(Caffe's own NetParameter of `deploy` with force_backward set, a name for messages)."""
+    """(Caffe's own NetParameter of `deploy` with force_backward set, a name for messages).
+
+    Caffe gets the network as cnn-vis parsed and validated it, rebuilt: only the layers
+    that run in the TEST phase, only of the types cnn-vis supports, with only the fields
+    cnn-vis reads. So no layer that reads or writes files or runs code (data layers,
+    HDF5Output, Python) ever reaches Caffe, whatever the file says.
+    """
     if isinstance(deploy, pb.NetParameter):
-        text, source = text_format.MessageToString(deploy), f"the network '{deploy.name}'"
+        net, source = deploy, f"the network '{deploy.name}'"
     else:
-        read_prototxt(deploy)   # the same checks and messages as the PyTorch engine's
-        text, source = Path(deploy).read_text(encoding="utf-8"), str(deploy)
-    net = caffe.proto.caffe_pb2.NetParameter()
-    try:
-        text_format.Parse(text, net)
-    except text_format.ParseError as error:
-        raise UserError(f"Caffe cannot read {source}: {error}. Fix the file, or pass the right "
-                        "file with --deploy_txt.") from None
-    net.force_backward = True
-    return net, source
+        net, source = read_prototxt(deploy), str(deploy)
+    CaffeNet(net, None)   # refuses unsupported layer types and inconsistent networks, as --backend torch
+    rebuilt = pb.NetParameter(name=net.name, force_backward=True)
+    for layer in net.layer:
+        if included_in_test_phase(layer):
+            kept = rebuilt.layer.add()
+            kept.CopyFrom(layer)
+            kept.ClearField("include")
+            kept.ClearField("exclude")
+    caffe_net = caffe.proto.caffe_pb2.NetParameter()
+    text_format.Parse(text_format.MessageToString(rebuilt), caffe_net)
+    return caffe_net, source
 
 
 def _check_loads(prototxt: Path, weights: Path, gpu: int | None, source: str) -> int | None:

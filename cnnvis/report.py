@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from cnnvis.errors import UserError
 from cnnvis.imageio import atomic_write, intermediate_path, save_png, sibling_path
 from cnnvis.optimizer import Report
 
@@ -27,7 +29,12 @@ def has_display() -> bool:
 
 
 class ConsoleObserver:
-    """Carries out the `--iter_behavior` actions every `output_iter` steps, with a progress bar."""
+    """Carries out the `--iter_behavior` actions every `output_iter` steps, with a progress bar.
+
+    An action that fails (a full disk, a file name too long for its step number, a display
+    that cannot be used) is reported once and dropped: it never stops the run that makes
+    the image.
+    """
 
     def __init__(self, actions: list[str], output_file: Path, depth: int, png_text: dict[str, str],
                  total_steps: int, show_size: tuple[float, float] = (5.0, 5.0)):
@@ -42,38 +49,46 @@ class ConsoleObserver:
         self.pixel_history: list[np.ndarray] = []   # one (4, 3) array of values per report
         self._figures: dict[str, object] = {}
         self._said_no_display = False
+        self._interactive: bool | None = None   # known once a figure is first needed
 
     def step_done(self, size_index: int, step: int) -> None:
         self.bar.set_description(f"size {size_index}", refresh=False)
         self.bar.update(1)
 
     def report(self, report: Report) -> None:
-        if "print" in self.actions:
-            self.bar.write(format_report(report), file=sys.stderr)
-        if "save" in self.actions:
-            save_png(intermediate_path(self.output_file, report.size_index, report.step),
-                     report.picture.rgb(self.depth), self.png_text)
-        if "plot_pix" in self.actions:
-            self.pixel_history.append(tracked_pixel_values(report.picture.image))
-            self._draw("pix", self._plot_pixels)
-        if "show" in self.actions:
-            rgb = report.picture.rgb()
-            self._draw("show", lambda figure: _show_image(figure, rgb, report))
+        actions = {
+            "print": lambda: self.bar.write(format_report(report), file=sys.stderr),
+            "save": lambda: save_png(
+                intermediate_path(self.output_file, report.size_index, report.step),
+                report.picture.rgb(self.depth), self.png_text),
+            "plot_pix": lambda: self._plot_pixels_of(report),
+            "show": lambda: self._draw("show", partial(_show_image, rgb=report.picture.rgb(),
+                                                       report=report)),
+        }
+        for action in list(self.actions):
+            try:
+                actions[action]()
+            except Exception as error:  # noqa: BLE001 - no report is worth the image
+                self.actions.remove(action)
+                reason = error if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+                self.bar.write(f"cnn-vis: '{action}' failed and is off for the rest of the run "
+                               f"({reason}).", file=sys.stderr)
+
+    def _plot_pixels_of(self, report: Report) -> None:
+        self.pixel_history.append(tracked_pixel_values(report.picture.image))
+        self._draw("pix", self._plot_pixels)
 
     def close(self) -> None:
         self.bar.close()
 
     def _draw(self, kind: str, paint) -> None:
-        import matplotlib
-        if not has_display():
-            matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = self._pyplot()
         figure = self._figures.get(kind)
         if figure is None:
             figure = self._figures[kind] = plt.figure(figsize=self.show_size)
         figure.clf()
         paint(figure)
-        if has_display():
+        if self._interactive:
             plt.pause(0.001)  # draw without blocking the optimisation
             return
         path = sibling_path(self.output_file, kind)
@@ -83,6 +98,28 @@ class ConsoleObserver:
             self.bar.write(f"No display: figures are written to {sibling_path(self.output_file, '*')} "
                            "instead of shown.", file=sys.stderr)
             self._said_no_display = True
+
+    def _pyplot(self):
+        """matplotlib's pyplot, with a window where one can really be opened, else Agg (files).
+
+        A DISPLAY that is set but unusable makes matplotlib fall back to Agg, or fail when
+        the first window opens: either way the figures go to files.
+        """
+        import matplotlib
+        if not has_display():
+            matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        if self._interactive is None:
+            try:
+                probe = plt.figure()
+                # Non-interactive canvases (Agg and the file formats) need no GUI framework.
+                self._interactive = probe.canvas.required_interactive_framework is not None
+                plt.close(probe)
+            except Exception:  # noqa: BLE001 - any backend's way to say "no display"
+                self._interactive = False
+            if not self._interactive:
+                plt.switch_backend("Agg")
+        return plt
 
     def _plot_pixels(self, figure) -> None:
         history = np.stack(self.pixel_history)   # (reports, 4, 3)
@@ -96,7 +133,7 @@ class ConsoleObserver:
         axes.legend(fontsize="x-small", ncol=2)
 
 
-def _show_image(figure, rgb: np.ndarray, report: Report) -> None:
+def _show_image(figure, *, rgb: np.ndarray, report: Report) -> None:
     axes = figure.add_subplot(1, 1, 1)
     axes.imshow(rgb)
     axes.set_axis_off()

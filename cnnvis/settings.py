@@ -37,7 +37,7 @@ class Setting:
     """How one option is spelt, parsed from the command line and checked.
 
     `kind` is bool (a flag), int, float or str. Numbers are checked against `minimum`
-    (`above`: strictly) and `maximum`; a str against `choices` when there are some.
+    (`above`: strictly) and `maximum` (`below`: strictly); a str against `choices` when there are some.
     """
 
     kind: type
@@ -47,6 +47,7 @@ class Setting:
     minimum: float | None = None
     above: bool = False
     maximum: float | None = None
+    below: bool = False
     choices: tuple | None = None
     metavar: str | None = None
 
@@ -80,8 +81,10 @@ class Setting:
                                               else value < self.minimum):
                 raise UserError(f"{flag} {shown} must be {'above' if self.above else 'at least'} "
                                 f"{self.minimum} (see --help).")
-            if self.maximum is not None and value > self.maximum:
-                raise UserError(f"{flag} {shown} must be at most {self.maximum} (see --help).")
+            if self.maximum is not None and (value >= self.maximum if self.below
+                                             else value > self.maximum):
+                raise UserError(f"{flag} {shown} must be {'below' if self.below else 'at most'} "
+                                f"{self.maximum} (see --help).")
             return value
         if not isinstance(value, self.kind):
             raise UserError(f"{flag} takes a {self.kind.__name__}, not {value!r}.")
@@ -129,8 +132,9 @@ class DreamOptions:
     initial_size: str | None = option(
         None, str, "'xF' (multiple of the base size) or 'HxW'; default: base size", GROUPS[3])
     final_size: str | None = option(None, str, "same format as --initial_size", GROUPS[3])
-    num_sizes: int = option(1, int, "number of sizes from --initial_size to --final_size",
-                            GROUPS[3], minimum=1)
+    num_sizes: int = option(1, int, "number of sizes from --initial_size to --final_size "
+                            "(at most 1000: more would repeat sizes)", GROUPS[3], minimum=1,
+                            maximum=1000)
     resize_type: str = option("geometric", str, "spacing of the sizes", GROUPS[3],
                               choices=RESIZE_TYPES)
     learning_rate: float = option(1.0, float, "RMSProp learning rate", GROUPS[4], minimum=0)
@@ -139,7 +143,9 @@ class DreamOptions:
     learning_rate_decay_factor: float = option(
         1.0, float, "factor of each learning rate decay", GROUPS[4], minimum=0,
         aliases=("--learning_rate_decay_fraction",))
-    decay_rate: float = option(0.95, float, "RMSProp decay rate", GROUPS[4], minimum=0)
+    decay_rate: float = option(0.95, float, "RMSProp decay rate (below 1: at 1 the step "
+                               "size is never learned)", GROUPS[4], minimum=0, maximum=1,
+                               below=True)
     num_steps: int = option(1000, int, "steps at each size", GROUPS[4], minimum=1)
     use_pixel_learning_rates: bool = option(
         False, bool, "divide each pixel's step by the number of regions that cover it", GROUPS[4])
@@ -213,8 +219,10 @@ class CommandOptions:
                                choices=OUTPUT_DEPTHS)
     iter_behavior: str = option("save+print", str, "actions every output_iter steps, joined "
                                 f"with '+': {', '.join(ACTIONS)}", GROUPS[9])
-    show_width: float = option(5.0, float, "inches", GROUPS[9], minimum=0, above=True)
-    show_height: float = option(5.0, float, "inches", GROUPS[9], minimum=0, above=True)
+    show_width: float = option(5.0, float, "inches, 0.5 to 100", GROUPS[9], minimum=0.5,
+                               maximum=100)
+    show_height: float = option(5.0, float, "inches, 0.5 to 100", GROUPS[9], minimum=0.5,
+                                maximum=100)
     replay: str | None = option(None, str, "run again the command recorded in a PNG that cnn-vis "
                                 "wrote (same seed); options given beside it apply last",
                                 GROUPS[10], metavar="PNG")

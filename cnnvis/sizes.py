@@ -38,6 +38,8 @@ def parse_size(text: str | None, base: tuple[int, int], option: str = "size") ->
     if spec.startswith("x"):
         height, width = _scaled_size(spec[1:], base, text, option)
     elif match := _HEIGHT_X_WIDTH.fullmatch(spec):
+        if max(len(match[1]), len(match[2])) > 9:   # checked before int(), which refuses 4,300 digits
+            raise UserError(f'{option} "{_shortened(text)}" has a side of more than 9 digits, {_TOO_LARGE}')
         height, width = int(match[1]), int(match[2])
     else:
         raise UserError(f'{option} "{text}" is not a size; {_ACCEPTED_FORMS}.')
@@ -48,6 +50,10 @@ def parse_size(text: str | None, base: tuple[int, int], option: str = "size") ->
     if height * width > MAX_PIXELS:
         raise UserError(f'{option} "{text}" is {height}x{width} pixels, {_TOO_LARGE}')
     return height, width
+
+
+def _shortened(text: str) -> str:
+    return text if len(text) <= 40 else text[:40] + "..."
 
 
 def _scaled_size(factor_text: str, base: tuple[int, int], text: str,

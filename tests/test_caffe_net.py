@@ -166,7 +166,7 @@ def test_corrupt_and_wrong_files_are_clear_errors(tmp_path):
         read_caffemodel(truncated)
     with pytest.raises(UserError, match="not a Caffe .caffemodel|no layer weights"):
         read_caffemodel(deploy)
-    with pytest.raises(UserError, match="not found"):
+    with pytest.raises(UserError, match="no such file"):
         read_prototxt(tmp_path / "missing.prototxt")
     bad = tmp_path / "bad.prototxt"
     bad.write_text('name: "x"\nlayer {\n  name: "a"\n  type: Convolution\n}\n')

@@ -418,7 +418,7 @@ def test_output_is_replaced_by_rename_only_when_complete(tiny, output, monkeypat
     assert main(tiny) == 0
     [(source, destination, before)] = renames
     assert destination == output and before == PREVIOUS_OUTPUT
-    assert source.parent == output.parent and source.name.startswith(".out.png.")
+    assert source.parent == output.parent and source.name.startswith(".cnn-vis-")
     assert not source.exists()
     with Image.open(output) as image:
         assert image.size == INPUT_SIZE[::-1]

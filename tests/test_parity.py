@@ -341,8 +341,8 @@ def test_files_caffe_refuses_are_user_errors_with_caffes_reason(tmp_path, plain_
         load_caffe_engine(deploy, other_weights)
     unknown_type = tmp_path / "unknown_type.prototxt"
     unknown_type.write_text(PLAIN_CNN.replace('"Sigmoid"', '"NoSuchLayer"'))
-    with pytest.raises(UserError, match=r"Caffe cannot load .*NoSuchLayer"):
-        load_caffe_engine(unknown_type, weights)
+    with pytest.raises(UserError, match=r"type 'NoSuchLayer', which cnn-vis does not support"):
+        load_caffe_engine(unknown_type, weights)   # refused before Caffe sees it
     with pytest.raises(UserError, match="not found"):
         load_caffe_engine(deploy, tmp_path / "missing.caffemodel")
 

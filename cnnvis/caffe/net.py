@@ -28,7 +28,7 @@ class _Step:
     tops: list[BlobVersion]
 
 
-def _included_in_test_phase(layer: pb.LayerParameter) -> bool:
+def included_in_test_phase(layer: pb.LayerParameter) -> bool:
     """Caffe's NetStateRule filtering for a deploy net (phase TEST, level 0, no stages)."""
     def met(rule: pb.NetStateRule) -> bool:
         return ((not rule.HasField("phase") or rule.phase == pb.TEST)
@@ -55,7 +55,7 @@ class CaffeNet(torch.nn.Module):
         weights (drawn from `seed`, for architecture-only uses such as benchmarks)."""
         super().__init__()
         self.name = net.name
-        layers = [layer for layer in net.layer if _included_in_test_phase(layer)]
+        layers = [layer for layer in net.layer if included_in_test_phase(layer)]
         self.input_name, self.input_shape = network_input(net)
         self.input_size = self.input_shape[1:]
         generator = torch.Generator().manual_seed(seed)
@@ -189,7 +189,7 @@ class CaffeNet(torch.nn.Module):
 def network_input(net: pb.NetParameter) -> tuple[str, tuple[int, int, int]]:
     """The input blob's name and (channels, height, width), from the first Input layer."""
     inputs = [layer for layer in net.layer
-              if layer.type == "Input" and _included_in_test_phase(layer)]
+              if layer.type == "Input" and included_in_test_phase(layer)]
     if not inputs or not inputs[0].input_param.shape:
         raise UserError("the prototxt declares no input shape; add an Input layer with "
                         "input_param { shape { dim: 1 dim: 3 dim: H dim: W } }.")

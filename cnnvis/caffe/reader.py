@@ -7,14 +7,17 @@ caffe.proto; nothing in a model file is ever executed. Legacy V1 networks
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 from google.protobuf import text_format
-from google.protobuf.message import DecodeError
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
 
 from cnnvis.caffe import caffe_pb2 as pb
 from cnnvis.errors import UserError
+from cnnvis.files import read_input
 
 # V1 enum layer types and their current type strings (Caffe's UpgradeV1LayerType).
 _V1_TYPE_NAMES = {
@@ -38,17 +41,10 @@ _SHARED_PARAMS = [
 ]
 
 
-def _read_bytes(path: str | Path, what: str, option: str) -> bytes:
-    path = Path(path)
-    fix = f"check the path given to {option}"
-    if not path.exists():
-        raise UserError(f"{what} not found: {path} ({fix}).")
-    if path.is_dir():
-        raise UserError(f"{what} is a directory, not a file: {path} ({fix}).")
-    try:
-        return path.read_bytes()
-    except OSError as error:
-        raise UserError(f"cannot read {what} {path}: {error.strerror} ({fix}).") from None
+# The largest files worth reading: protobuf refuses messages over 2 GiB, and a network
+# definition is text of at most a few MB (ResNet-152's is 0.2 MB).
+PROTOTXT_LIMIT = 64 * 2 ** 20
+CAFFEMODEL_LIMIT = 2 ** 31 - 1
 
 
 def parse_prototxt(text: str, source: str = "<prototxt>") -> pb.NetParameter:
@@ -73,24 +69,48 @@ def parse_prototxt(text: str, source: str = "<prototxt>") -> pb.NetParameter:
             f"{source} is not a valid Caffe prototxt: its braces are nested too deeply. "
             "Fix the file, or pass the right file with --deploy_txt."
         ) from None
-    return upgrade_net(net)
+    net = upgrade_net(net)
+    for layer in net.layer:
+        field = _non_finite_field(layer)
+        if field:
+            raise UserError(f"{source}: layer '{layer.name}' has a value of {field} that is not a "
+                            "finite number (nan or inf); fix the file.")
+    return net
+
+
+def _non_finite_field(message: Message, prefix: str = "") -> str | None:
+    """The dotted name of the first float field of `message` holding nan or inf, else None."""
+    for field, value in message.ListFields():
+        values = value if field.is_repeated else [value]
+        if field.cpp_type == FieldDescriptor.CPPTYPE_MESSAGE:
+            found = next(filter(None, (_non_finite_field(v, f"{prefix}{field.name}.")
+                                       for v in values)), None)
+            if found:
+                return found
+        elif field.cpp_type in (FieldDescriptor.CPPTYPE_FLOAT, FieldDescriptor.CPPTYPE_DOUBLE):
+            if not all(math.isfinite(v) for v in values):
+                return prefix + field.name
+    return None
 
 
 def read_prototxt(path: str | Path) -> pb.NetParameter:
     """Read a deploy prototxt file (current or legacy V1 format)."""
-    data = _read_bytes(path, "network definition (prototxt)", "--deploy_txt")
+    data = read_input(path, "network definition (prototxt)", "--deploy_txt", PROTOTXT_LIMIT)
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UserError(
-            f"{path} is not a text prototxt (it is binary; a .caffemodel goes to --caffe_model)."
-        ) from None
+        text = data.decode("utf-8-sig")   # a byte-order mark, as some editors write, is not text
+    except UnicodeDecodeError as error:
+        if b"\0" in data[:4096]:
+            raise UserError(f"{path} is not a text prototxt (it is binary; a .caffemodel goes "
+                            "to --caffe_model).") from None
+        line = data[:error.start].count(b"\n") + 1
+        raise UserError(f"{path} is not UTF-8 text: byte {data[error.start]:#04x} on line {line} "
+                        "is not valid UTF-8; save the file as UTF-8.") from None
     return parse_prototxt(text, str(path))
 
 
 def read_caffemodel(path: str | Path) -> dict[str, list[pb.BlobProto]]:
     """Read trained weights: layer name -> that layer's parameter blobs, in Caffe's order."""
-    data = _read_bytes(path, "weights file (caffemodel)", "--caffe_model")
+    data = read_input(path, "weights file (caffemodel)", "--caffe_model", CAFFEMODEL_LIMIT)
     net = pb.NetParameter()
     try:
         net.ParseFromString(data)
