@@ -25,7 +25,7 @@ from cnnvis.caffe.net import network_input
 from cnnvis.console import exit_status, guarded_process, signals_deferred
 from cnnvis.engine import keep_freed_memory
 from cnnvis.errors import Interrupted, NonFiniteImage, UserError
-from cnnvis.files import same_file
+from cnnvis.files import open_input, same_file
 from cnnvis.imageio import check_writable_output, load_mean_colour, load_rgb, save_png
 from cnnvis.model import VisModel
 from cnnvis.pixels import Picture
@@ -219,8 +219,9 @@ def dream(command: CommandOptions, options: DreamOptions, argv: list[str]) -> in
     except NonFiniteImage as error:
         save(error.picture)
         raise UserError(f"{error}; the last finite image is saved as {output}. Lower "
-                        "--learning_rate (or the regularisation strengths --p_reg, --tv_reg) "
-                        "and run again.") from None
+                        "--learning_rate (or the regularisation strengths --p_reg, --tv_reg, "
+                        "their exponents --alpha, --beta, or the weights --l1_weight, "
+                        "--l2_weight) and run again.") from None
     except Interrupted as interruption:
         if interruption.picture is None:
             raise
@@ -247,12 +248,9 @@ def parse_actions(text: str) -> list[str]:
 
 def recorded_command(png: str) -> str | None:
     """The command line recorded in a PNG that cnn-vis wrote, or None."""
-    try:
-        with Image.open(png) as image:
-            return getattr(image, "text", {}).get("cnn-vis:command")
-    except OSError:
-        load_rgb(png)   # raises the usual message for a missing or unreadable image
-        raise
+    load_rgb(png, "--replay")   # the usual messages for a missing, unreadable or non-image file
+    with open_input(png, "image", "--replay") as file, Image.open(file) as image:
+        return getattr(image, "text", {}).get("cnn-vis:command")
 
 
 def select_device(gpu: int) -> torch.device:

@@ -105,12 +105,26 @@ def _terminate(signum, frame) -> None:
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
     """Hold Ctrl-C and SIGTERM back while the body runs (a PNG being written); a signal that
-    came meanwhile takes effect when it ends, with the file complete."""
+    came meanwhile takes effect when it ends, with the file complete.
+
+    Done with Python-level handlers rather than a signal mask: the operating system may hand
+    a process-directed signal to any thread, PyTorch's workers among them, but Python runs
+    its handlers in the main thread.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    received: list[int] = []
+    previous = {number: signal.signal(number, lambda signum, frame: received.append(signum))
+                for number in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if received:   # the body finished: now the signal does what it would have done
+        handler = previous[received[0]]
+        if callable(handler):
+            handler(received[0], None)
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(received[0])

@@ -21,7 +21,6 @@ import torch
 from PIL import Image
 
 from cnnvis.engine import Engine, TorchEngine
-from cnnvis.errors import UserError
 from cnnvis.imageio import load_rgb
 from cnnvis.network import BlobNetwork
 from cnnvis.objectives import Objective

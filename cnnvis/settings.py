@@ -60,7 +60,7 @@ class Setting:
                 raise UserError(f"{flag} '{text}' is not "
                                 f"{'an integer' if self.kind is int else 'a number'} (see --help).") from None
         else:
-            value = self.kind(text) if self.choices is None else _choice(self.choices, text)
+            value = self.kind(text)
         return self.check(flag, value, text)
 
     def check(self, flag: str, value: Any, shown: str | None = None) -> Any:
@@ -85,18 +85,16 @@ class Setting:
                                              else value > self.maximum):
                 raise UserError(f"{flag} {shown} must be {'below' if self.below else 'at most'} "
                                 f"{self.maximum} (see --help).")
-            return value
+            return self._check_choice(flag, value, shown)
         if not isinstance(value, self.kind):
             raise UserError(f"{flag} takes a {self.kind.__name__}, not {value!r}.")
+        return self._check_choice(flag, value, shown)
+
+    def _check_choice(self, flag: str, value: Any, shown: str) -> Any:
         if self.choices is not None and value not in self.choices:
             raise UserError(f"{flag} '{shown}' is not one of: "
                             f"{', '.join(str(c) for c in self.choices)} (see --help).")
         return value
-
-
-def _choice(choices: tuple, text: str) -> Any:
-    """The choice that `text` spells (choices may be ints, such as --output_depth's)."""
-    return next((c for c in choices if str(c) == text), text)
 
 
 def option(default: Any, kind: type, help: str, group: str, **spec) -> Any:
@@ -127,8 +125,8 @@ class DreamOptions:
     target_neuron: int = option(0, int, "channel to amplify with amplify_neuron", GROUPS[1],
                                 minimum=0)
     initialization_scale: float = option(1.0, float, "std of the noise", GROUPS[2], minimum=0)
-    initialization_blur: float = option(0.0, float, "std in pixels of the Gaussian blur of the noise",
-                                        GROUPS[2], minimum=0)
+    initialization_blur: float = option(0.0, float, "std in pixels of the Gaussian blur of the "
+                                        "noise (at most 1000)", GROUPS[2], minimum=0, maximum=1000)
     initial_size: str | None = option(
         None, str, "'xF' (multiple of the base size) or 'HxW'; default: base size", GROUPS[3])
     final_size: str | None = option(None, str, "same format as --initial_size", GROUPS[3])
@@ -153,17 +151,20 @@ class DreamOptions:
                               aliases=("--amplify_l1_weight",))
     l2_weight: float = option(1.0, float, "weight of -clip(a) in the top gradient", GROUPS[5],
                               aliases=("--amplify_l2_weight",))
-    grad_clip: float = option(5.0, float, "clip of the l2 term", GROUPS[5], minimum=0,
+    grad_clip: float = option(5.0, float, "clip of the l2 term (at most 1e6: activations "
+                              "never come near)", GROUPS[5], minimum=0, maximum=1e6,
                               aliases=("--amplify_grad_clip",))
-    alpha: float = option(6.0, float, "exponent of the p-norm", GROUPS[6], minimum=0, above=True)
+    alpha: float = option(6.0, float, "exponent of the p-norm (at most 100)", GROUPS[6], minimum=0,
+                          above=True, maximum=100)
     p_reg: float = option(1e-4, float, "strength of the p-norm", GROUPS[6], minimum=0)
     p_scale: float = option(1.0, float, "scale of the p-norm", GROUPS[6], minimum=0, above=True)
-    alpha_aux: float = option(6.0, float, "exponent of the auxiliary p-norm", GROUPS[7],
-                              minimum=0, above=True)
+    alpha_aux: float = option(6.0, float, "exponent of the auxiliary p-norm (at most 100)",
+                              GROUPS[7], minimum=0, above=True, maximum=100)
     p_reg_aux: float = option(0.0, float, "strength of the auxiliary p-norm", GROUPS[7], minimum=0)
     p_scale_aux: float = option(1.0, float, "scale of the auxiliary p-norm", GROUPS[7],
                                 minimum=0, above=True)
-    beta: float = option(2.0, float, "exponent of the TV-norm", GROUPS[8], minimum=0, above=True)
+    beta: float = option(2.0, float, "exponent of the TV-norm (at most 100)", GROUPS[8], minimum=0,
+                         above=True, maximum=100)
     tv_reg: float = option(0.5, float, "strength of the TV-norm", GROUPS[8], minimum=0)
     tv_reg_scale: float = option(1.0, float, "scale of the TV-norm", GROUPS[8], minimum=0,
                                  above=True)

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from tests.caffe_files import TINY_DREAM_NET, tiny_dream_weights, write_model
+from tests.cli_contract import PREVIOUS_OUTPUT
 
 
 @pytest.fixture
@@ -30,3 +31,18 @@ def photo(tmp_path) -> Path:
     path = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(path)
     return path
+
+
+@pytest.fixture
+def output(tmp_path) -> Path:
+    """An output file that already holds an earlier result."""
+    path = tmp_path / "out.png"
+    path.write_bytes(PREVIOUS_OUTPUT)
+    return path
+
+
+@pytest.fixture
+def tiny(tiny_model, output) -> list[str]:
+    """Arguments for a fast, valid dream on the tiny network (noise start, 16x16)."""
+    return tiny_model + ["--num_steps", "2", "--iter_behavior", "", "--seed", "0",
+                         "--output_file", str(output)]

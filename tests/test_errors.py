@@ -11,13 +11,7 @@ import errno
 import io
 import os
 import pickle
-import queue
 import re
-import signal
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +23,9 @@ from cnnvis import zoo
 from cnnvis.cli import main
 from cnnvis.caffe.writer import caffemodel_bytes
 from tests.caffe_files import TINY_DREAM_NET, tiny_dream_weights
+from tests.cli_contract import PREVIOUS_OUTPUT, refused
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-PREVIOUS_OUTPUT = b"an earlier result that no failed run may touch"
 INPUT_SIZE = (16, 16)   # the tiny network's input (height, width)
 
 @pytest.fixture(autouse=True)
@@ -40,45 +34,8 @@ def no_caffe_root(monkeypatch):
     monkeypatch.delenv("CNN_VIS_DEBUG", raising=False)
 
 
-@pytest.fixture
-def output(tmp_path) -> Path:
-    """An output file that already holds an earlier result."""
-    path = tmp_path / "out.png"
-    path.write_bytes(PREVIOUS_OUTPUT)
-    return path
-
-
-@pytest.fixture
-def tiny(tiny_model, output) -> list[str]:
-    """Arguments for a fast, valid dream on the tiny network (noise start, 16x16)."""
-    return tiny_model + ["--num_steps", "2", "--iter_behavior", "", "--seed", "0",
-                         "--output_file", str(output)]
-
-
 def random_rgb(height: int, width: int) -> np.ndarray:
     return np.random.default_rng(1).integers(0, 256, (height, width, 3), dtype=np.uint8)
-
-
-def refused(argv: list[str], capsys, output: Path, *key_words: str) -> str:
-    """Run the CLI and check the issue's contract for a refusal; returns the message.
-
-    Exit status 2; stderr is exactly one `cnn-vis: error:` line holding every key word and
-    no traceback; the earlier output (if any) is byte-identical and no file appeared or
-    vanished in its directory (no temporary file left behind).
-    """
-    existed = output.exists()
-    before = sorted(output.parent.iterdir()) if output.parent.exists() else None
-    status = main(argv)
-    err = capsys.readouterr().err
-    assert status == 2, err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("cnn-vis: error: "), err
-    for word in key_words:
-        assert word in lines[0], f"{word!r} not in {lines[0]!r}"
-    assert (sorted(output.parent.iterdir()) if output.parent.exists() else None) == before
-    assert output.read_bytes() == PREVIOUS_OUTPUT if existed else not output.exists()
-    return lines[0]
 
 
 def deny(monkeypatch, path: Path, mode: int) -> None:
@@ -545,46 +502,3 @@ def refused_non_finite(argv: list[str], capsys, output: Path) -> str:
     assert output.read_bytes() != PREVIOUS_OUTPUT
     assert not [p for p in output.parent.iterdir() if p.name.endswith(".tmp")]
     return message
-
-
-# ----------------------------------------------------------------------------- Ctrl-C
-
-
-def test_sigint_saves_the_current_image_and_exits_130(tiny, output):
-    argv = tiny + ["--num_steps", "100000", "--output_iter", "1", "--iter_behavior", "print",
-                   "--initial_size", "20x24"]
-    process = subprocess.Popen([sys.executable, str(REPOSITORY / "cnn_vis.py"), *argv],
-                               cwd=REPOSITORY, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=lambda: [lines.put(line) for line in process.stderr],
-                              daemon=True)
-    reader.start()
-    seen: list[str] = []
-    deadline = time.monotonic() + 120
-    try:
-        # Wait for the first progress line: the optimisation is running.
-        while not any(line.startswith("size 1/1 20x24 step ") for line in seen):
-            try:
-                seen.append(lines.get(timeout=0.5))
-            except queue.Empty:
-                assert process.poll() is None and time.monotonic() < deadline, "".join(seen)
-        process.send_signal(signal.SIGINT)
-        status = process.wait(timeout=60)
-    finally:
-        process.kill()
-        process.wait()
-    reader.join(timeout=10)
-    err = "".join(seen) + "".join(iter_queue(lines))
-    assert status == 130, err
-    assert "Traceback" not in err
-    assert f"interrupted; the current image is saved as {output}" in err
-    with Image.open(output) as image:
-        image.load()
-        assert image.format == "PNG" and image.mode == "RGB" and image.size == (24, 20)
-        assert image.text["cnn-vis:seed"] == "0"
-
-
-def iter_queue(items: queue.Queue):
-    while not items.empty():
-        yield items.get()
