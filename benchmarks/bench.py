@@ -176,7 +176,7 @@ def noise_tiles(batch: int, device: torch.device) -> torch.Tensor:
 def tile_step(model: VisModel, tiles: torch.Tensor, target: str, tf32: bool = False) -> torch.Tensor:
     """The engine's tile-step, exactly as the optimiser calls it; returns d loss / d tiles."""
     with fp32_precision(tiles.device, tf32):
-        return model.objective_gradient(tiles, target, OBJECTIVE)[1]
+        return model.objective_gradient(tiles, {target: OBJECTIVE})[1]
 
 
 def baseline_step(network: CaffeNet, tiles: torch.Tensor, target: str) -> torch.Tensor:
@@ -461,7 +461,7 @@ def caffe_child(payload: dict) -> dict:
         for target in TARGETS:
             works[f"2015|{target}|{batch}"] = partial(_caffe_2015_step, net, target)
             works[f"backend|{target}|{batch}"] = partial(
-                backend.objective_gradient, noise_tiles(batch, cpu), target, OBJECTIVE)
+                backend.objective_gradient, noise_tiles(batch, cpu), {target: OBJECTIVE})
     return {"seconds": Timer(payload["repeats"], payload["warmup"], cpu)(works)}
 
 

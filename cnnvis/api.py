@@ -7,8 +7,8 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
+import math
 import os
 import secrets
 from collections.abc import Callable
@@ -23,8 +23,9 @@ from cnnvis import zoo
 from cnnvis.errors import Interrupted, NonFiniteImage, UserError
 from cnnvis.imageio import load_rgb
 from cnnvis.model import VisModel
+from cnnvis.objectives import Objective, amplify_layer, amplify_neuron, guided, weighted
 from cnnvis.optimizer import Dream, Report
-from cnnvis.pixels import Picture, as_rgb, resize_rgb, rgb_to_image
+from cnnvis.pixels import Picture, as_rgb, resize_rgb, rgb_to_image, with_colours_of
 from cnnvis.settings import DreamOptions, check_seed
 from cnnvis.sizes import check_min_size, parse_size, size_sequence
 
@@ -76,7 +77,8 @@ def dream(image: ImageInput, model: VisModel, *, seed: int | None = None,
 
 def render(image: ImageInput, model: VisModel, *, seed: int | None = None,
            callback: Callable[[Report], None] | None = None,
-           progress: Callable[[int, int], None] | None = None, **options) -> Picture:
+           progress: Callable[[int, int], None] | None = None,
+           guide: ImageInput = None, mask: ImageInput = None, **options) -> Picture:
     """`dream`, returning a `Picture`: the float image itself (for 16-bit prints or further
     work) and the seed that made it.
 
@@ -87,20 +89,28 @@ def render(image: ImageInput, model: VisModel, *, seed: int | None = None,
     seed = check_seed(seed)
     seed = new_seed() if seed is None else seed
     photo = _photo(image)
-    check_photo_options(settings, photo is not None)
+    guide_rgb = None if guide is None else _photo(guide, "--guide_image")
+    mask_grey = None if mask is None else grey_mask(mask)
+    check_combinations(settings, photo is not None, guide_rgb is not None)
     sizes = plan_sizes(settings, None if photo is None else photo.shape[:2], model.input_size)
+    if mask_grey is not None:
+        check_mask(mask_grey, sizes[-1])
     check_memory(sizes, model.device)
-    settings = dataclasses.replace(settings, target_layer=resolve_target(model, settings))
+    objective = build_objective(model, settings, guide_rgb)
     initial = (rgb_to_image(resize_rgb(photo, sizes[0]), model.mean_bgr) if photo is not None
                else noise_image(sizes[0], settings.initialization_scale,
                                 settings.initialization_blur, seed))
-    run = Dream(model, settings, sizes, callback=callback, progress=progress)
+    run = Dream(model, settings, sizes, objective, callback=callback, progress=progress, seed=seed)
 
     def picture(image: torch.Tensor | None) -> Picture | None:
-        return None if image is None else Picture(image, model.mean_bgr, settings.rescale_image, seed)
+        if image is None:
+            return None
+        if settings.preserve_colors:
+            image = with_colours_of(image, model.mean_bgr, photo)
+        return Picture(image, model.mean_bgr, settings.rescale_image, seed)
 
     try:
-        return picture(run.run(initial, photo))
+        return picture(run.run(initial, photo, mask_grey))
     except NonFiniteImage as error:
         error.picture = picture(run.image)
         raise
@@ -113,21 +123,90 @@ def new_seed() -> int:
     return secrets.randbelow(2 ** 31)
 
 
-def _photo(image: ImageInput) -> np.ndarray | None:
+def _photo(image: ImageInput, option: str = "--initial_image") -> np.ndarray | None:
     if image is None:
         return None
     if isinstance(image, (str, Path)):
-        return load_rgb(image)
+        return load_rgb(image, option)
     return as_rgb(image)
 
 
-def check_photo_options(options: DreamOptions, photo: bool) -> None:
-    """Refuse what diverges for certain: a p-norm exponent below 1 pulling towards the photo
-    has an infinite gradient where the image equals the photo, as it does at the start."""
+def grey_mask(mask: str | Path | Image.Image | np.ndarray) -> np.ndarray:
+    """A mask as uint8 grey (H, W): a file, a PIL image, or a uint8 array (H, W) or (H, W, 3)."""
+    if isinstance(mask, np.ndarray) and mask.ndim == 2:
+        if mask.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 mask, got {mask.dtype}")
+        return mask
+    rgb = _photo(mask, "--mask")
+    return np.array(Image.fromarray(rgb).convert("L"))
+
+
+def check_mask(mask: np.ndarray, size: tuple[int, int]) -> None:
+    """Refuse a mask whose aspect ratio is not the image's (within 1%): it would be distorted."""
+    mask_ratio, image_ratio = mask.shape[1] / mask.shape[0], size[1] / size[0]
+    if abs(mask_ratio / image_ratio - 1) > 0.01:
+        raise UserError(f"--mask is {mask.shape[1]}x{mask.shape[0]} (width x height), an aspect "
+                        f"ratio of {mask_ratio:.3f}, but the image is {size[1]}x{size[0]} "
+                        f"({image_ratio:.3f}); give a mask of the image's proportions (it is "
+                        "resized to every size).")
+
+
+def parse_list(text: str, option: str, kind: type) -> list:
+    """The values of a comma-separated option; for int, ranges such as 0-15 are allowed."""
+    values = []
+    for item in text.split(","):
+        item = item.strip()
+        try:
+            if kind is int and "-" in item[1:]:
+                first, last = (int(end) for end in item.split("-", 1))
+                if last < first or last - first > 100_000:
+                    raise ValueError
+                values.extend(range(first, last + 1))
+            else:
+                value = kind(item)
+                if kind is float and not math.isfinite(value):
+                    raise ValueError
+                values.append(value)
+        except ValueError:
+            example = "0-15,40" if kind is int else "1,-0.5"
+            raise UserError(f"{option} '{text}': '{item}' is not "
+                            f"{'a channel number or range' if kind is int else 'a finite number'}; "
+                            f"give a comma-separated list such as {example}.") from None
+    return values
+
+
+def check_combinations(options: DreamOptions, photo: bool, guide: bool) -> None:
+    """Refuse combinations of options that cannot work, before any model is loaded."""
+    layers = _layer_names(options)
+    if options.layer_weights is not None:
+        weights = parse_list(options.layer_weights, "--layer_weights", float)
+        if len(weights) != len(layers):
+            raise UserError(f"--layer_weights gives {len(weights)} weight(s) for {len(layers)} "
+                            "target layer(s); give one weight per --target_layer.")
+    for option, given in (("--channels", options.channels is not None), ("--guide_image", guide)):
+        if given and len(layers) > 1:
+            raise UserError(f"{option} works on a single target layer, and --target_layer names "
+                            f"{len(layers)}; name one.")
+    if options.channels is not None:
+        parse_list(options.channels, "--channels", int)
+        if options.image_type != "amplify_layer":
+            raise UserError("--channels selects channels for amplify_layer; with "
+                            "amplify_neuron use --target_neuron.")
+    if options.preserve_colors and not photo:
+        raise UserError("--preserve_colors keeps the colours of the photo, and there is none; "
+                        "give --initial_image.")
+    # A p-norm exponent below 1 pulling towards the photo has an infinite gradient where the
+    # image equals the photo, as it does at the start.
     if photo and options.p_reg > 0 and options.alpha < 1:
         raise UserError(f"--alpha {options.alpha} with a photo: below 1 the p-norm's gradient is "
                         "infinite where the image equals the photo, as it does at the start; "
                         "use --alpha 1 or more, or --p_reg 0.")
+
+
+def _layer_names(options: DreamOptions) -> list[str | None]:
+    if options.target_layer is None:
+        return [None]   # the model's default
+    return [name.strip() for name in options.target_layer.split(",")]
 
 
 def plan_sizes(options: DreamOptions, photo_size: tuple[int, int] | None,
@@ -164,10 +243,44 @@ def check_memory(sizes: list[tuple[int, int]], device: torch.device) -> None:
                         "--final_size (or --initial_size), or a machine with more memory.")
 
 
-def resolve_target(model: VisModel, options: DreamOptions) -> str:
-    """The target blob: `target_layer` (a GoogLeNet name translated for presets that offer
-    it, with a notice) or the model's default; checked against the network, with the neuron."""
-    target = options.target_layer or model.default_layer
+def build_objective(model: VisModel, options: DreamOptions,
+                    guide: np.ndarray | None = None) -> Objective:
+    """What to amplify, blob by blob: the target layers (GoogLeNet names translated for
+    presets that offer it, with a notice; the model's default when none is named) with
+    their weights, channels or guide, checked against the network."""
+    targets = [resolve_target(model, name) for name in _layer_names(options)]
+    weights = ([1.0] * len(targets) if options.layer_weights is None
+               else parse_list(options.layer_weights, "--layer_weights", float))
+    objective: Objective = {}
+    for target, weight in zip(targets, weights):
+        if target in objective:
+            raise UserError(f"--target_layer names '{target}' twice; name each layer once.")
+        count = model.check_target(target)[1]   # the blob's channels
+        if options.image_type == "amplify_neuron":
+            if options.target_neuron >= count:
+                raise UserError(f"--target_neuron {options.target_neuron} is outside blob "
+                                f"'{target}', which has {count} channels; use 0 to {count - 1}.")
+            blob_objective = amplify_neuron(options.target_neuron)
+        elif guide is not None:
+            guide_image = rgb_to_image(resize_rgb(guide, model.input_size), model.mean_bgr)
+            blob_objective = guided(model.blob(guide_image, target))
+        else:
+            channels = None if options.channels is None else parse_list(
+                options.channels, "--channels", int)
+            outside = [c for c in channels or [] if not 0 <= c < count]
+            if outside:
+                raise UserError(f"--channels {options.channels}: channel {outside[0]} is outside "
+                                f"blob '{target}', which has {count} channels (0 to {count - 1}).")
+            blob_objective = amplify_layer(options.l1_weight, options.l2_weight,
+                                           options.grad_clip, channels)
+        objective[target] = weighted(weight, blob_objective)
+    return objective
+
+
+def resolve_target(model: VisModel, target: str | None) -> str:
+    """A target blob: `target` (a GoogLeNet name translated for presets that offer it, with
+    a notice) or the model's default."""
+    target = target or model.default_layer
     if target is None:
         raise UserError(f"{model.name} has no default target layer; name one with "
                         "--target_layer (see --list_layers).")
@@ -176,10 +289,6 @@ def resolve_target(model: VisModel, options: DreamOptions) -> str:
         logger.warning(f"cnn-vis: {model.name} has no blob '{target}'; using its GoogLeNet "
                        f"counterpart '{translate(target)}'.")
         target = translate(target)
-    shape = model.check_target(target)
-    if options.image_type == "amplify_neuron" and options.target_neuron >= shape[1]:
-        raise UserError(f"--target_neuron {options.target_neuron} is outside blob '{target}', "
-                        f"which has {shape[1]} channels; use 0 to {shape[1] - 1}.")
     return target
 
 

@@ -183,17 +183,22 @@ def dream(command: CommandOptions, options: DreamOptions, argv: list[str]) -> in
     actions = parse_actions(command.iter_behavior)
     output = Path(command.output_file)
     check_writable_output(output)
-    for source, option in ((command.initial_image, "--initial_image"), (command.replay, "--replay")):
+    for source, option in ((command.initial_image, "--initial_image"), (command.replay, "--replay"),
+                           (command.guide_image, "--guide_image"), (command.mask, "--mask")):
         if source and same_file(source, output):
             raise UserError(f"--output_file {output} is the {option} image itself, which the "
                             "result would replace; choose another --output_file.")
     photo = load_rgb(command.initial_image) if command.initial_image else None
+    guide = load_rgb(command.guide_image, "--guide_image") if command.guide_image else None
+    mask = api.grey_mask(command.mask) if command.mask else None
     mean_bgr = load_mean_colour(command.mean_image) if command.mean_image else None
-    api.check_photo_options(options, photo is not None)
+    api.check_combinations(options, photo is not None, guide is not None)
     # The network's input size is known before its weights load: check the sizes first.
     input_size = (network_input(read_prototxt(command.deploy_txt))[1][1:] if command.deploy_txt
                   else zoo.preset(command.model).input_size)
     sizes = api.plan_sizes(options, None if photo is None else photo.shape[:2], input_size)
+    if mask is not None:
+        api.check_mask(mask, sizes[-1])
     device = select_device(command.gpu)
     api.check_memory(sizes, device)
     model = load_model(command, mean_bgr, device)
@@ -213,7 +218,8 @@ def dream(command: CommandOptions, options: DreamOptions, argv: list[str]) -> in
     try:
         try:
             picture = api.render(photo, model, seed=seed, callback=observer.report,
-                                 progress=observer.step_done, **dataclasses.asdict(options))
+                                 progress=observer.step_done, guide=guide, mask=mask,
+                                 **dataclasses.asdict(options))
         finally:
             observer.close()
     except NonFiniteImage as error:

@@ -226,12 +226,20 @@ class EfficientNetLite0(nn.Module):
 
     def forward(self, x: torch.Tensor, target: str) -> torch.Tensor:
         """The blob `target` for input x (N, 3, H, W); layers above it are not run."""
-        self._check_blob_name(target)
+        return self.forward_blobs(x, [target])[target]
+
+    def forward_blobs(self, x: torch.Tensor, targets: list[str]) -> dict[str, torch.Tensor]:
+        """The blobs `targets` for input x (N, 3, H, W); layers above the deepest are not run."""
+        for target in targets:
+            self._check_blob_name(target)
+        wanted, found = set(targets), {}
         for name, step in self._steps:
             x = step(x)
-            if name == target:
-                return x
-        raise AssertionError("unreachable: target was checked against blob_names")
+            if name in wanted:
+                found[name] = x
+                if len(found) == len(wanted):
+                    return {target: found[target] for target in targets}
+        raise AssertionError("unreachable: targets were checked against blob_names")
 
     def blobs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every blob for input x (N, 3, H, W), in network order."""

@@ -31,11 +31,12 @@ class Engine(Protocol):
         """Each targetable blob's shape (C, ...) for one input-sized image, in network order."""
         ...
 
-    def objective_gradient(self, x: torch.Tensor, target: str,
+    def objective_gradient(self, x: torch.Tensor,
                            objective: Objective) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss summed over the batch, d loss / d x) for input x (N, 3, H, W), on x's device.
 
-        The gradient is the objective's top gradient back-propagated from blob `target`.
+        The gradient is the objective's top gradients, set on each of its blobs,
+        back-propagated together in one backward pass.
         """
         ...
 
@@ -69,19 +70,25 @@ class TorchEngine:
             blobs = self.network.blobs(torch.zeros((1, 3) + self.input_size, device=device))
         return {name: tuple(blob.shape[1:]) for name, blob in blobs.items()}
 
-    def objective_gradient(self, x: torch.Tensor, target: str,
+    def objective_gradient(self, x: torch.Tensor,
                            objective: Objective) -> tuple[torch.Tensor, torch.Tensor]:
         losses, gradients = [], []
         with torch.enable_grad():
             for tiles in x.detach().split(self.tiles_per_run or len(x)):
                 tiles = tiles.contiguous(memory_format=torch.channels_last).requires_grad_(True)
-                blob = self.network.forward(tiles, target)
-                loss, top_gradient = objective(blob.detach())
-                # Backward from the scalar <blob, top_gradient>: the same gradient, and unlike
-                # blob.backward(top_gradient) its first call imports no symbolic-shape
-                # machinery (half a second of start-up).
-                (blob * top_gradient).sum().backward()
-                losses.append(loss.detach())
+                blobs = self.network.forward_blobs(tiles, list(objective))
+                # Backward from the scalar sum of <blob, top_gradient>: the same gradient as
+                # setting every top at once, and unlike blob.backward(top_gradient) its first
+                # call imports no symbolic-shape machinery (half a second of start-up).
+                products = []
+                for name, blob_objective in objective.items():
+                    loss, top_gradient = blob_objective(blobs[name].detach())
+                    losses.append(loss.detach())
+                    products.append((blobs[name] * top_gradient).sum())
+                total = products[0]
+                for product in products[1:]:
+                    total = total + product
+                total.backward()
                 gradients.append(tiles.grad)
         return sum(losses), torch.cat(gradients)
 

@@ -96,13 +96,17 @@ class VisModel:
     def check_target(self, target: str) -> tuple[int, ...]:
         """The target blob's shape for one input-sized tile; a clear error for unknown names."""
         tile = torch.zeros((1, 3) + self.input_size, device=self.device)
-        return tuple(self.engine.forward(self.network_input(tile), target).shape)
+        return tuple(self.blob(tile, target).shape)
 
-    def objective_gradient(self, tiles: torch.Tensor, target: str,
+    def blob(self, image: torch.Tensor, target: str) -> torch.Tensor:
+        """Blob `target` (N, C, ...) of a cnn-vis image (N, 3, H, W); no gradient."""
+        return self.engine.forward(self.network_input(image.to(self.device)), target)
+
+    def objective_gradient(self, tiles: torch.Tensor,
                            objective: Objective) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss summed over tiles, d loss / d tiles) for tiles (N, 3, h, w) in cnn-vis units."""
         loss, input_gradient = self.engine.objective_gradient(
-            self.network_input(tiles.detach()), target, objective)
+            self.network_input(tiles.detach()), objective)
         # The chain rule through network_input, backwards: flip, then divide by the scale.
         if self._flip:
             input_gradient = input_gradient.flip(1)
@@ -120,7 +124,7 @@ class VisModel:
         """
         rgb = load_rgb(image) if isinstance(image, (str, Path)) else as_rgb(image)
         tensor = rgb_to_image(resize_rgb(rgb, self.input_size), self.mean_bgr)
-        scores = self.engine.forward(self.network_input(tensor.to(self.device)), self.blob_names[-1])
+        scores = self.blob(tensor, self.blob_names[-1])
         scores = scores.reshape(scores.shape[0], -1)[0]
         values, indices = scores.topk(min(top, scores.numel()))
         return [(int(i), float(v), self.labels[i] if self.labels and i < len(self.labels) else "")

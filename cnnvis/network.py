@@ -22,6 +22,10 @@ class BlobNetwork(Protocol):
         """Run only the layers that `target` depends on; x is (N, 3, H, W); returns the blob."""
         ...
 
+    def forward_blobs(self, x: torch.Tensor, targets: list[str]) -> dict[str, torch.Tensor]:
+        """Run, once, only the layers that the `targets` depend on; returns those blobs."""
+        ...
+
     def blobs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every blob of the whole network for input x, in network order."""
         ...

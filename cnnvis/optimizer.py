@@ -15,19 +15,13 @@ import torch.nn.functional as F
 
 from cnnvis.errors import NonFiniteImage
 from cnnvis.model import VisModel
-from cnnvis.objectives import Objective, amplify_layer, amplify_neuron
-from cnnvis.pixels import Picture, resize_rgb, rgb_to_image
+from cnnvis.objectives import Objective
+from cnnvis.pixels import Picture, resize_grey, resize_rgb, rgb_to_image
 from cnnvis.regularizers import p_norm, total_variation
 from cnnvis.settings import DreamOptions
 from cnnvis.tiling import Region, checkerboard_groups, coverage_counts
 
 RMSPROP_EPSILON = 1e-8
-
-
-def objective_for(options: DreamOptions) -> Objective:
-    if options.image_type == "amplify_neuron":
-        return amplify_neuron(options.target_neuron)
-    return amplify_layer(options.l1_weight, options.l2_weight, options.grad_clip)
 
 
 @dataclass
@@ -68,36 +62,48 @@ class Dream:
     """One run of the optimiser. `image` is always the latest (finite) image, so a caller
     can save it after an interruption.
 
-    `options.target_layer` must name a blob of the model (resolved by the caller);
+    `objective` names the blobs to amplify (resolved by the caller, `cnnvis.api`);
     `progress(size_index, step)` is called after every step, `callback(report)` every
-    `options.output_iter` steps.
+    `options.output_iter` steps. `seed` draws the jitter's offsets.
     """
 
     def __init__(self, model: VisModel, options: DreamOptions, sizes: list[tuple[int, int]],
-                 callback: Callable[[Report], None] | None = None,
-                 progress: Callable[[int, int], None] | None = None):
+                 objective: Objective, callback: Callable[[Report], None] | None = None,
+                 progress: Callable[[int, int], None] | None = None, seed: int = 0):
         self.model = model
         self.settings = options
         self.sizes = sizes
+        self.objective = objective
         self.callback = callback
         self.progress = progress
-        self.objective = objective_for(options)
+        self.jitter = torch.Generator().manual_seed(seed)
         self.image: torch.Tensor | None = None
 
-    def run(self, initial: torch.Tensor, anchor_rgb: np.ndarray | None) -> torch.Tensor:
+    def run(self, initial: torch.Tensor, anchor_rgb: np.ndarray | None,
+            mask_grey: np.ndarray | None = None) -> torch.Tensor:
         """Optimise from `initial` (1, 3, H, W) at the first size; `anchor_rgb` is the user's
-        photo (uint8 RGB) that the main p-norm pulls towards, or None (pull towards 0)."""
+        photo (uint8 RGB) that the main p-norm pulls towards, or None (pull towards 0).
+        `mask_grey` (uint8, H x W) scales each pixel's step by its grey level / 255; where
+        it is 0 the pixels keep their start (the photo, or the noise resized)."""
         self.image = initial.to(self.model.device, copy=True)  # updated in place; the caller keeps theirs
+        start = self.image.clone() if mask_grey is not None and anchor_rgb is None else None
         for size_index, size in enumerate(self.sizes, start=1):
             if size_index > 1:
                 # Resize in float with this exact resampler (reproducibility across implementations).
                 self.image = F.interpolate(self.image, size=size, mode="bicubic", align_corners=False)
             anchor = None if anchor_rgb is None else rgb_to_image(
                 resize_rgb(anchor_rgb, size), self.model.mean_bgr).to(self.model.device)
-            self._optimise_size(size_index, anchor)
+            mask = None
+            if mask_grey is not None:
+                mask = torch.from_numpy(resize_grey(mask_grey, size) / 255.0).to(self.image)  # (H, W)
+                if start is not None and size_index > 1:
+                    start = F.interpolate(start, size=size, mode="bicubic", align_corners=False)
+                self.image = torch.where(mask == 0, anchor if start is None else start, self.image)
+            self._optimise_size(size_index, anchor, mask)
         return self.image
 
-    def _optimise_size(self, size_index: int, anchor: torch.Tensor | None) -> None:
+    def _optimise_size(self, size_index: int, anchor: torch.Tensor | None,
+                       mask: torch.Tensor | None) -> None:
         s = self.settings
         height, width = self.image.shape[-2:]
         tile = self.model.input_size
@@ -106,15 +112,22 @@ class Dream:
         if s.use_pixel_learning_rates:
             counts = coverage_counts(height, width, *tile)
             rates = torch.from_numpy(1.0 / counts).to(self.image)   # (H, W)
-        # RMSProp state, learning rate and TV strength start afresh at every size.
-        caches = {region: torch.zeros((3,) + tile, device=self.image.device)
-                  for group in groups for region in group}
+        # RMSProp state, learning rate and TV strength start afresh at every size. Each
+        # region's cache lives in image coordinates, in the layer of its (row, col) parity
+        # (no two regions of a layer overlap), so that it can roll with the pixels.
+        caches = torch.zeros((4, 3, height, width), device=self.image.device)
         learning_rate, tv_reg = s.learning_rate, s.tv_reg
         for step in range(1, s.num_steps + 1):
             stats = StepStats() if self.callback and step % s.output_iter == 0 else None
             previous = self.image.clone()
+            shift = self._jitter_shift()
+            if shift:
+                self.image, caches, anchor, mask = _rolled((self.image, caches, anchor, mask), shift)
             for group in groups:
-                self._update_group(group, anchor, caches, rates, learning_rate, tv_reg, stats)
+                self._update_group(group, anchor, caches, rates, mask, learning_rate, tv_reg, stats)
+            if shift:
+                back = (-shift[0], -shift[1])
+                self.image, caches, anchor, mask = _rolled((self.image, caches, anchor, mask), back)
             if not bool(torch.isfinite(self.image).all()):
                 self.image = previous
                 raise NonFiniteImage(f"the image became non-finite at step {step} of size "
@@ -128,20 +141,30 @@ class Dream:
             if stats is not None and self.callback is not None:
                 self.callback(self._report(size_index, step, stats))
 
-    def _update_group(self, group: list[Region], anchor, caches, rates, learning_rate: float,
-                      tv_reg: float, stats: StepStats | None) -> None:
+    def _jitter_shift(self) -> tuple[int, int] | None:
+        """This step's (dy, dx), each uniform in [-jitter, jitter]; None without jitter."""
+        if self.settings.jitter == 0:
+            return None
+        dy, dx = torch.randint(-self.settings.jitter, self.settings.jitter + 1, (2,),
+                               generator=self.jitter).tolist()
+        return dy, dx
+
+    def _update_group(self, group: list[Region], anchor, caches, rates, mask,
+                      learning_rate: float, tv_reg: float, stats: StepStats | None) -> None:
         """CNN gradients of all regions on the image as it is now, then each region's update in order."""
         cnn_gradients = self._cnn_gradients(group, stats)
         for region, cnn_gradient in zip(group, cnn_gradients):
             pixels = self.image[0][region.slices]                       # (3, h, w) view
             gradient = cnn_gradient + self._regulariser_gradient(
                 pixels, None if anchor is None else anchor[0][region.slices], tv_reg, stats)
-            cache = caches[region]
+            cache = caches[region.parity][region.slices]                # (3, h, w) view
             cache.mul_(self.settings.decay_rate).addcmul_(gradient, gradient,
                                                           value=1 - self.settings.decay_rate)
             step = -learning_rate * gradient / torch.sqrt(cache + RMSPROP_EPSILON)
             if rates is not None:
                 step = step * rates[region.slices]
+            if mask is not None:
+                step = step * mask[region.slices]
             pixels += step
             if stats is not None:
                 stats.add("cnn", cnn_gradient)
@@ -153,8 +176,7 @@ class Dream:
         for start in range(0, len(group), self.settings.batch_size):
             batch = group[start:start + self.settings.batch_size]
             tiles = torch.stack([self.image[0][region.slices] for region in batch])  # (B, 3, h, w)
-            loss, gradient = self.model.objective_gradient(
-                tiles, self.settings.target_layer, self.objective)
+            loss, gradient = self.model.objective_gradient(tiles, self.objective)
             gradients.extend(gradient.unbind(0))
             if stats is not None:
                 stats.losses["objective"] -= float(loss)
@@ -192,3 +214,8 @@ class Dream:
             tv_loss=stats.losses["tv"],
             mean_gradients={k: v / stats.regions for k, v in stats.gradient_sums.items()},
             step_mean=float(steps.mean()), step_median=float(steps.median()))
+
+
+def _rolled(tensors, shift: tuple[int, int]) -> list:
+    """Each tensor (..., H, W) rolled by shift = (dy, dx) over its last two axes (None stays)."""
+    return [None if t is None else torch.roll(t, shift, dims=(-2, -1)) for t in tensors]

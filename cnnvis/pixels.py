@@ -36,6 +36,29 @@ def rgb_to_image(rgb: np.ndarray, mean_bgr: tuple[float, float, float]) -> torch
     return (bgr.to(torch.float32) - mean).unsqueeze(0)  # (1, 3, H, W)
 
 
+def resize_grey(grey: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize uint8 grey (H, W) to size = (height, width) with Pillow's bilinear filter."""
+    height, width = size
+    if grey.shape == (height, width):
+        return grey
+    return np.array(Image.fromarray(grey).resize((width, height), Image.Resampling.BILINEAR))
+
+
+def with_colours_of(img: torch.Tensor, mean_bgr: tuple[float, float, float],
+                    photo: np.ndarray) -> torch.Tensor:
+    """The image (1, 3, H, W) with its luminance kept and its chroma taken from `photo`
+    (uint8 RGB, resized to H x W): YCbCr as in JPEG (ITU-R BT.601, full range)."""
+    mean = torch.tensor(mean_bgr, dtype=torch.float64, device=img.device).view(3, 1, 1)
+    b, g, r = (img[0].to(torch.float64) + mean).unbind(0)                     # (H, W) each
+    luma = 0.299 * r + 0.587 * g + 0.114 * b
+    source = torch.from_numpy(resize_rgb(photo, tuple(img.shape[-2:]))).to(img.device, torch.float64)
+    pr, pg, pb = source.unbind(2)
+    cb = -0.168736 * pr - 0.331264 * pg + 0.5 * pb                             # minus 128
+    cr = 0.5 * pr - 0.418688 * pg - 0.081312 * pb
+    bgr = torch.stack([luma + 1.772 * cb, luma - 0.344136 * cb - 0.714136 * cr, luma + 1.402 * cr])
+    return (bgr - mean).to(img.dtype).unsqueeze(0)
+
+
 def image_to_rgb(img: torch.Tensor, mean_bgr: tuple[float, float, float],
                  rescale: bool = False, depth: int = 8) -> np.ndarray:
     """float (1, 3, H, W) BGR minus mean -> RGB (H, W, 3) of `depth` bits, ready to save.

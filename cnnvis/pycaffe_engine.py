@@ -112,18 +112,33 @@ class CaffeEngine:
         return {name: torch.from_numpy(self.net.blobs[name].data.copy()).to(x.device)
                 for name in self.blob_names}
 
-    def objective_gradient(self, x: torch.Tensor, target: str,
+    def objective_gradient(self, x: torch.Tensor,
                            objective: Objective) -> tuple[torch.Tensor, torch.Tensor]:
-        backward = self._backward_range(target)
-        self._forward(x, backward.layer)
-        blobs = self.net.blobs
-        loss, top_gradient = objective(torch.from_numpy(blobs[target].data))
-        for name in backward.stale_diffs:
+        # A layer's backward pass overwrites its bottoms' diffs, so a top gradient set on a
+        # shallower blob before the pass would be lost. The pass runs in segments instead,
+        # deepest target first: down to just above the next target's last writer, then that
+        # target's top gradient is added to the diff there, and so on to the input.
+        targets = sorted(objective, key=self._last_writer, reverse=True)
+        deepest = self._backward_range(targets[0])
+        self._forward(x, deepest.layer)
+        blobs, layers = self.net.blobs, list(self.net.layer_dict)
+        for name in deepest.stale_diffs:
             blobs[name].diff[...] = 0
-        blobs[target].diff[...] = top_gradient.numpy()
-        self.net.backward(start=backward.layer)
+        losses, start = [], deepest.layer
+        for target in targets:
+            writer = self._last_writer(target)
+            if layers[writer] != start:
+                self.net.backward(start=start, end=layers[writer + 1])
+                start = layers[writer]
+            loss, top_gradient = objective[target](torch.from_numpy(blobs[target].data))
+            losses.append(loss)
+            if target == targets[0]:
+                blobs[target].diff[...] = top_gradient.numpy()
+            else:
+                blobs[target].diff[...] += top_gradient.numpy()
+        self.net.backward(start=start)
         gradient = torch.from_numpy(blobs[self._input].diff.copy())   # (N, 3, H, W)
-        return loss.to(x.device), gradient.to(x.device)
+        return sum(losses).to(x.device), gradient.to(x.device)
 
     def _forward(self, x: torch.Tensor, end_layer: str | None) -> None:
         """Put x (N, 3, H, W) in the input blob and run Caffe up to `end_layer` (inclusive;
@@ -164,6 +179,8 @@ class CaffeEngine:
         return self._ranges[target]
 
     def _last_writer(self, target: str) -> int:
+        if target not in self.blob_names:
+            raise unknown_blob(target, self.blob_names)
         return max(i for i, tops in enumerate(self.net.top_names.values()) if target in tops)
 
 

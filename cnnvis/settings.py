@@ -120,8 +120,14 @@ class DreamOptions:
     batch_size: int = option(1, int, "image patches computed in parallel", GROUPS[0], minimum=1)
     image_type: str = option("amplify_layer", str, "what to amplify", GROUPS[1], choices=IMAGE_TYPES)
     target_layer: str | None = option(
-        None, str, "blob to amplify (default: the model's own, inception_4d/3x3_reduce for "
-        "GoogLeNet; see --list_layers)", GROUPS[1])
+        None, str, "blob to amplify, or several joined with ',' (default: the model's own, "
+        "inception_4d/3x3_reduce for GoogLeNet; see --list_layers)", GROUPS[1])
+    layer_weights: str | None = option(
+        None, str, "one weight per --target_layer, joined with ',' (default: all 1; a negative "
+        "weight suppresses its layer)", GROUPS[1])
+    channels: str | None = option(
+        None, str, "amplify_layer on these channels of the (single) target layer only, e.g. "
+        "0-15,40", GROUPS[1])
     target_neuron: int = option(0, int, "channel to amplify with amplify_neuron", GROUPS[1],
                                 minimum=0)
     initialization_scale: float = option(1.0, float, "std of the noise", GROUPS[2], minimum=0)
@@ -174,6 +180,12 @@ class DreamOptions:
                                 GROUPS[8])
     tv_grad_operator: str = option("naive", str, "finite differences of the TV-norm", GROUPS[8],
                                    choices=TV_OPERATORS)
+    jitter: int = option(0, int, "roll the image by up to this many pixels, at random in each "
+                         "direction, at every step, so that tile borders never stay put",
+                         GROUPS[4], minimum=0, maximum=4096)
+    preserve_colors: bool = option(
+        False, bool, "keep the photo's colours: the dream's luminance with the photo's chroma "
+        "(needs a photo)", GROUPS[9])
     rescale_image: bool = option(
         False, bool, "map the image's [min, max] to [0, 255] instead of clipping", GROUPS[9])
     output_iter: int = option(50, int, "steps between reports (--iter_behavior, callbacks)",
@@ -212,6 +224,12 @@ class CommandOptions:
                           choices=BACKENDS)
     initial_image: str | None = option(None, str, "image to start from (default: smoothed noise)",
                                        GROUPS[2])
+    guide_image: str | None = option(
+        None, str, "image whose features the (single) target layer is pulled towards "
+        "(DeepDream's guided dream)", GROUPS[1], metavar="IMAGE")
+    mask: str | None = option(
+        None, str, "greyscale image: each pixel's step times its grey level / 255, so black "
+        "never changes and white dreams fully", GROUPS[2], metavar="IMAGE")
     seed: int | None = option(None, int, "random seed (default: a fresh one, recorded in the "
                               "output PNG)", GROUPS[2], minimum=0,
                               maximum=2 ** 63 - 1)  # what torch's generator takes

@@ -62,6 +62,12 @@ class Region:
         return ..., slice(self.y, self.y + self.height), slice(self.x, self.x + self.width)
 
     @property
+    def parity(self) -> int:
+        """0 to 3, from the parities of row and col: regions of one parity never overlap,
+        since a tile does not reach the tile two further on."""
+        return 2 * (self.row % 2) + self.col % 2
+
+    @property
     def is_even(self) -> bool:
         """Whether the region is in the even checkerboard group (row and col of equal parity)."""
         return self.row % 2 == self.col % 2

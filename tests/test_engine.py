@@ -26,8 +26,8 @@ def test_a_batch_larger_than_one_run_gives_each_tile_its_own_gradient():
     tiles = 30 * torch.randn(TorchEngine.CPU_TILES_PER_RUN * 2 + 3, 3, 20, 20,
                              generator=torch.Generator().manual_seed(0))
     objective = amplify_layer(l1_weight=1.0, l2_weight=1.0, grad_clip=5.0)
-    loss, gradient = engine.objective_gradient(tiles, "cat", objective)
-    singles = [engine.objective_gradient(tile[None], "cat", objective) for tile in tiles]
+    loss, gradient = engine.objective_gradient(tiles, {"cat": objective})
+    singles = [engine.objective_gradient(tile[None], {"cat": objective}) for tile in tiles]
     assert gradient.shape == tiles.shape
     torch.testing.assert_close(loss, sum(single_loss for single_loss, _ in singles))
     torch.testing.assert_close(gradient, torch.cat([single for _, single in singles]),
@@ -42,7 +42,7 @@ def test_gradients_come_back_through_the_input_convention_as_autograd_takes_them
                      convention=InputConvention("RGB", (127.0, 127.0, 127.0), 128.0))
     tiles = 30 * torch.randn(3, 3, 20, 20, generator=torch.Generator().manual_seed(1))
     objective = amplify_layer(l1_weight=1.0, l2_weight=1.0, grad_clip=5.0)
-    loss, gradient = model.objective_gradient(tiles, "cat", objective)
+    loss, gradient = model.objective_gradient(tiles, {"cat": objective})
 
     x = tiles.clone().requires_grad_(True)
     blob = network.forward(model.network_input(x), "cat")

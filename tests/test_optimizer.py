@@ -8,6 +8,7 @@ import torch
 import cnnvis.optimizer as optimizer
 from cnnvis.model import VisModel
 from cnnvis.errors import NonFiniteImage
+from cnnvis.objectives import amplify_neuron
 from cnnvis.optimizer import Dream
 from cnnvis.settings import DreamOptions
 
@@ -28,6 +29,9 @@ class DoublingNetwork(torch.nn.Module):
     def forward(self, x, target):
         self.seen.append(x.detach().clone())
         return 2 * x
+
+    def forward_blobs(self, x, targets):
+        return {"double": self.forward(x, "double")}
 
     def blobs(self, x):
         return {"double": 2 * x}
@@ -54,8 +58,10 @@ def settings(**overrides) -> DreamOptions:
 
 
 def start(network, recorder, sizes=((4, 4),), **overrides) -> Dream:
-    return Dream(VisModel(network, "doubling", mean_bgr=(0.0, 0.0, 0.0)), settings(**overrides),
-                 list(sizes), callback=recorder.report, progress=recorder.step_done)
+    options = settings(**overrides)
+    return Dream(VisModel(network, "doubling", mean_bgr=(0.0, 0.0, 0.0)), options, list(sizes),
+                 {"double": amplify_neuron(options.target_neuron)},
+                 callback=recorder.report, progress=recorder.step_done)
 
 
 def dream(initial, **overrides):

@@ -133,8 +133,8 @@ def compare_gradients(caffe_engine: CaffeEngine, torch_engine: TorchEngine, x: t
     GRADIENT_TOLERANCE or, when `deep`, in relative L2 norm within DEEP_GRADIENT_TOLERANCE.
     """
     for target, objective in cases:
-        caffe_loss, caffe_gradient = caffe_engine.objective_gradient(x, target, objective)
-        loss, gradient = torch_engine.objective_gradient(x, target, objective)
+        caffe_loss, caffe_gradient = caffe_engine.objective_gradient(x, {target: objective})
+        loss, gradient = torch_engine.objective_gradient(x, {target: objective})
         magnitude = abs(float(objective(blobs[target].abs())[0]))
         assert abs(float(loss - caffe_loss)) <= VALUE_TOLERANCE * magnitude, f"loss at {target}"
         assert float(caffe_gradient.abs().max()) > 0, f"{target}: no gradient reaches the input"
@@ -197,7 +197,7 @@ def test_caffe_gradient_does_not_depend_on_earlier_calls(plain_cnn):
     caffe_engine, torch_engine = plain_cnn
     x = random_input((1, 3) + caffe_engine.input_size, seed=2)
     objective = amplify_layer(1.0, 1.0, 1.0)
-    caffe_engine.objective_gradient(x, "pool2", objective)   # writes tanh's diff
+    caffe_engine.objective_gradient(x, {"pool2": objective})   # writes tanh's diff
     assert float(np.abs(caffe_engine.net.blobs["tanh"].diff).max()) > 0
     compare_gradients(caffe_engine, torch_engine, x, caffe_engine.blobs(x), [("sigmoid", objective)])
 

@@ -45,8 +45,8 @@ class CaffeNet(torch.nn.Module):
 
     A layer whose top equals its bottom works in place, as in Caffe: the blob name then
     refers to the value after the in-place layer (so `conv1` is post-ReLU when a ReLU
-    writes `conv1` in place). `forward(x, target)` runs only the layers that `target`
-    depends on. Weights are buffers: no parameter gradient is ever computed.
+    writes `conv1` in place). `forward(x, target)` and `forward_blobs(x, targets)` run
+    only the layers that their targets depend on. Weights are buffers: no parameter gradient is ever computed.
     """
 
     def __init__(self, net: pb.NetParameter, weights: dict[str, list[pb.BlobProto]] | None,
@@ -147,26 +147,28 @@ class CaffeNet(torch.nn.Module):
             blobs.append(torch.from_numpy(values.reshape(spec.shape)))
         return blobs
 
-    def _plan(self, target: str) -> list[_Step]:
-        """The steps that `target`'s final value depends on, in network order."""
-        if target not in self._plans:
-            if target not in self.blob_names:
-                raise unknown_blob(target, self.blob_names)
-            needed = {self._final[target]}
+    def _plan(self, targets: tuple[str, ...]) -> list[_Step]:
+        """The steps that the targets' final values depend on, in network order."""
+        if targets not in self._plans:
+            for target in targets:
+                if target not in self.blob_names:
+                    raise unknown_blob(target, self.blob_names)
+            needed = {self._final[target] for target in targets}
             plan = []
             for step in reversed(self._steps):
                 if needed.intersection(step.tops):
                     plan.append(step)
                     needed.update(step.bottoms)
-            self._plans[target] = plan[::-1]
-        return self._plans[target]
+            self._plans[targets] = plan[::-1]
+        return self._plans[targets]
 
     def _run(self, x: torch.Tensor, steps: list[_Step],
-             keep_all: bool) -> dict[BlobVersion, torch.Tensor]:
-        """Run `steps` on x. Unless `keep_all`, a value is dropped after its last reader, so
-        that memory holds only what autograd saves (a pre-ReLU convolution output, say, is
-        not kept alive beside its rectified copy)."""
-        last_reader = {} if keep_all else {b: i for i, step in enumerate(steps) for b in step.bottoms}
+             keep: set[BlobVersion] | None) -> dict[BlobVersion, torch.Tensor]:
+        """Run `steps` on x. A value not in `keep` is dropped after its last reader, so that
+        memory holds only what autograd saves (a pre-ReLU convolution output, say, is not
+        kept alive beside its rectified copy); `keep` None keeps every value."""
+        last_reader = {} if keep is None else {
+            b: i for i, step in enumerate(steps) for b in step.bottoms if b not in keep}
         values = {(self.input_name, 0): x}
         for i, step in enumerate(steps):
             outputs = self.layers[step.layer](*[values[b] for b in step.bottoms])
@@ -178,11 +180,17 @@ class CaffeNet(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, target: str) -> torch.Tensor:
         """The blob `target` for input x (N, C, H, W), running only the layers it needs."""
-        return self._run(x, self._plan(target), keep_all=False)[self._final[target]]
+        return self.forward_blobs(x, [target])[target]
+
+    def forward_blobs(self, x: torch.Tensor, targets: list[str]) -> dict[str, torch.Tensor]:
+        """The blobs `targets` for input x, running only the layers they need, once."""
+        finals = {target: self._final.get(target) for target in targets}
+        values = self._run(x, self._plan(tuple(targets)), keep=set(finals.values()))
+        return {target: values[version] for target, version in finals.items()}
 
     def blobs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every blob's final value, in network order."""
-        values = self._run(x, self._steps, keep_all=True)
+        values = self._run(x, self._steps, keep=None)
         return {name: values[self._final[name]] for name in self.blob_names}
 
 
