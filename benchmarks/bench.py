@@ -8,7 +8,8 @@ to the target blob and the input gradient of the amplify_layer objective, for on
 tile. GoogLeNet is the bundled architecture with random weights (speed does not depend
 on the weights). Sections:
 
-  [1] tile-step throughput at two targets, batch 1 and 8, [1b] its numerical error
+  [1] tile-step throughput at two targets, batch 1 and 8, and two targets amplified
+      together against the deeper alone, [1b] its numerical error
       in each fp32 precision mode (TF32 too on CUDA), and [1c] conv1's input gradient
       by F.conv2d and by the engine's phases;
   [2] a 2015-style baseline: the whole net forward, weights as trainable parameters,
@@ -72,6 +73,7 @@ TILE = (224, 224)
 MAIN_TARGET = "inception_4d/3x3_reduce"
 TARGETS = (MAIN_TARGET, "inception_4e/output")
 BATCHES = (1, 8)
+TWO_LAYERS = ("inception_4c/output", MAIN_TARGET)   # --target_layer with two blobs, one pass
 PIXEL_STD = 40.0  # noise tiles about as large as real pixels minus the mean colour
 OBJECTIVE = amplify_layer(l1_weight=1.0, l2_weight=1.0, grad_clip=5.0)  # the CLI's defaults
 
@@ -173,10 +175,13 @@ def noise_tiles(batch: int, device: torch.device) -> torch.Tensor:
     return (PIXEL_STD * torch.randn((batch, 3) + TILE, generator=generator)).to(device)
 
 
-def tile_step(model: VisModel, tiles: torch.Tensor, target: str, tf32: bool = False) -> torch.Tensor:
-    """The engine's tile-step, exactly as the optimiser calls it; returns d loss / d tiles."""
+def tile_step(model: VisModel, tiles: torch.Tensor, target: str | tuple[str, ...],
+              tf32: bool = False) -> torch.Tensor:
+    """The engine's tile-step, exactly as the optimiser calls it, for one target or several
+    (amplified together); returns d loss / d tiles."""
+    targets = (target,) if isinstance(target, str) else target
     with fp32_precision(tiles.device, tf32):
-        return model.objective_gradient(tiles, {target: OBJECTIVE})[1]
+        return model.objective_gradient(tiles, {name: OBJECTIVE for name in targets})[1]
 
 
 def baseline_step(network: CaffeNet, tiles: torch.Tensor, target: str) -> torch.Tensor:
@@ -284,6 +289,7 @@ def benchmark_in_process(device: torch.device, timer: Timer) -> DeviceSummary:
             for batch in BATCHES:
                 works[precision, target, batch] = partial(
                     tile_step, engine, noise_tiles(batch, device), target, tf32)
+    works["two layers"] = partial(tile_step, engine, noise_tiles(8, device), TWO_LAYERS)
     for target in TARGETS:
         works["baseline", target] = partial(baseline_step, baseline, noise_tiles(1, device), target)
     for name, work in convolutions.items():
@@ -297,6 +303,9 @@ def benchmark_in_process(device: torch.device, timer: Timer) -> DeviceSummary:
     rate = {(target, batch): batch / seconds["fp32", target, batch]
             for target in TARGETS for batch in BATCHES}
     print_tile_steps(seconds, macs, rate)
+    print(f"    two layers {' + '.join(TWO_LAYERS)}, batch 8: "
+          f"{seconds['two layers'] / seconds['fp32', MAIN_TARGET, 8]:.2f}x the time of "
+          f"{MAIN_TARGET} alone (target: at most 1.10x)")
     print_precisions(engine_network, engine, precisions, seconds)
     print_first_convolution(seconds)
     last = baseline.blob_names[-1]

@@ -39,7 +39,7 @@ from cnnvis.caffe.layers import BUILDERS
 from cnnvis.errors import UserError
 from cnnvis.googlenet import googlenet_deploy
 from cnnvis.engine import TorchEngine
-from cnnvis.objectives import Objective, amplify_layer, amplify_neuron
+from cnnvis.objectives import Objective, amplify_layer, amplify_neuron, guided, weighted
 from cnnvis.pycaffe_engine import CaffeEngine, import_caffe, load_caffe_engine
 from tests.caffe_files import INPUT, PLAIN_CNN, RESIDUAL, write_model
 
@@ -200,6 +200,32 @@ def test_caffe_gradient_does_not_depend_on_earlier_calls(plain_cnn):
     caffe_engine.objective_gradient(x, {"pool2": objective})   # writes tanh's diff
     assert float(np.abs(caffe_engine.net.blobs["tanh"].diff).max()) > 0
     compare_gradients(caffe_engine, torch_engine, x, caffe_engine.blobs(x), [("sigmoid", objective)])
+
+
+@pytest.mark.parametrize("name", ["several_layers", "channels", "guide", "shared_writer"])
+def test_the_objectives_beyond_2015(plain_cnn, residual, name):
+    """Several blobs set before one backward pass (Caffe runs it in segments), channels and
+    the guide: both engines give the same loss and input gradient."""
+    caffe_engine, torch_engine = residual if name == "shared_writer" else plain_cnn
+    x = random_input((2, 3) + caffe_engine.input_size, seed=5, scale=2.0)
+    shapes = torch_engine.blob_shapes()
+    guide = random_input((1,) + shapes.get("cat", (1,)), seed=6)
+    objective = {
+        # norm1 feeds cat, which feeds pool2: gradients from deeper blobs flow through.
+        "several_layers": {"norm1": weighted(0.7, amplify_layer(1.0, 0.5, 0.3)),
+                           "cat": weighted(-1.5, amplify_layer(1.0, 1.0, 1.0)),
+                           "fc": amplify_neuron(2), "tanh": amplify_layer(1.0, 1.0, 1.0)},
+        "channels": {"cat": amplify_layer(1.0, 1.0, 1.0, channels=[0, 3, 5])},
+        "guide": {"cat": guided(guide)},
+        # "a" and "b" are the tops of one Split layer; conv0 is rewritten in place three times.
+        "shared_writer": {"a": amplify_layer(1.0, 1.0, 1.0), "b": weighted(2.0, amplify_neuron(1)),
+                          "conv0": amplify_layer(0.5, 1.0, 1.0), "max": amplify_neuron(0)},
+    }[name]
+    caffe_loss, caffe_gradient = caffe_engine.objective_gradient(x, objective)
+    loss, gradient = torch_engine.objective_gradient(x, objective)
+    assert float(loss) == pytest.approx(float(caffe_loss), rel=1e-4, abs=1e-4)
+    assert float(caffe_gradient.abs().max()) > 0
+    assert_close(gradient, caffe_gradient, GRADIENT_TOLERANCE, name)
 
 
 def test_batch_size_changes_between_calls(plain_cnn):
