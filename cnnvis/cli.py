@@ -211,6 +211,9 @@ def dream(command: CommandOptions, options: DreamOptions, argv: list[str]) -> in
                                total_steps=len(sizes) * options.num_steps,
                                show_size=(command.show_width, command.show_height))
 
+    if "print" in actions:
+        print(describe_dream(command, options), file=sys.stderr)
+
     def save(picture: Picture) -> None:
         with signals_deferred():   # a signal now waits for the file to be complete
             save_png(output, picture.rgb(command.output_depth), png_text)
@@ -241,6 +244,21 @@ def dream(command: CommandOptions, options: DreamOptions, argv: list[str]) -> in
         return exit_status(stop)
     print(f"wrote {output}", file=sys.stderr)
     return 0
+
+
+def describe_dream(command: CommandOptions, options: DreamOptions) -> str:
+    """The print line that opens a run: what is amplified, and the controls beyond 2015."""
+    layers = options.target_layer or "the model's default layer"
+    parts = [f"{options.image_type} of {layers}"]
+    for text, given in ((f"weights {options.layer_weights}", options.layer_weights),
+                        (f"channels {options.channels}", options.channels),
+                        (f"guide {command.guide_image}", command.guide_image),
+                        (f"mask {command.mask}", command.mask),
+                        (f"jitter {options.jitter} px", options.jitter),
+                        ("the photo's colours kept", options.preserve_colors)):
+        if given:
+            parts.append(text)
+    return "cnn-vis: " + "; ".join(parts)
 
 
 def parse_actions(text: str) -> list[str]:

@@ -6,6 +6,7 @@ data documentation) and come with scikit-image, which cnn-vis installs.
 """
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from skimage import data
 
@@ -18,9 +19,16 @@ SAMPLES = {
 FOLDER = Path(__file__).resolve().parent / "inputs"
 
 
+def chelsea_mask() -> np.ndarray:
+    """A mask for chelsea.png (451x300) for examples/beyond_mask.sh: black on the left
+    third, a ramp to white across the middle third, white on the right third."""
+    ramp = np.clip((np.arange(451) - 150) / 150, 0, 1)                # (451,)
+    return np.rint(255 * np.tile(ramp, (300, 1))).astype(np.uint8)    # (300, 451)
+
+
 def main() -> None:
     FOLDER.mkdir(exist_ok=True)
-    for name, sample in SAMPLES.items():
+    for name, sample in {**SAMPLES, "chelsea_mask": chelsea_mask}.items():
         path = FOLDER / f"{name}.png"
         if not path.exists():
             Image.fromarray(sample()).convert("RGB").save(path)

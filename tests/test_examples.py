@@ -1,4 +1,5 @@
-"""The 13 gallery scripts: their options are valid, and each runs (quickly, offline) to an image."""
+"""The gallery scripts (the 13 of 2015 and those beyond it): their options are valid, and each
+runs (quickly, offline) to an image."""
 import os
 import re
 import shlex
@@ -15,6 +16,7 @@ from cnnvis.sizes import check_min_size, parse_size, size_sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = [ROOT / "examples" / f"example{n}.sh" for n in range(1, 14)]
+BEYOND = sorted((ROOT / "examples").glob("beyond_*.sh"))
 
 
 def script_arguments(script: Path) -> list[str]:
@@ -31,11 +33,11 @@ def inputs():
     return ROOT / "examples" / "inputs"
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("script", SCRIPTS + BEYOND, ids=lambda p: p.stem)
 def test_script_sizes_fit_the_network_and_the_2015_scale(script, inputs):
     args = build_parser().parse_args(script_arguments(script))
     preset = zoo.preset(args.model)
-    assert args.target_layer in zoo.architecture(preset).blob_names
+    assert set(args.target_layer.split(",")) <= set(zoo.architecture(preset).blob_names)
     base = preset.input_size
     if args.initial_image:
         with Image.open(ROOT / args.initial_image) as photo:
@@ -59,3 +61,20 @@ def test_script_runs_with_quick_overrides(script, inputs, tmp_path):
     with Image.open(out) as image:
         assert image.size == (240, 224)
         assert "--target_layer" in image.text["cnn-vis:command"]
+
+
+def test_there_is_a_script_for_each_control_beyond_2015():
+    assert [p.stem for p in BEYOND] == [f"beyond_{name}" for name in
+                                        ("channels", "colors", "guide", "jitter", "layers", "mask")]
+
+
+@pytest.mark.parametrize("script", BEYOND, ids=lambda p: p.stem)
+def test_beyond_script_runs_with_quick_overrides(script, inputs, tmp_path):
+    out = tmp_path / "out.png"
+    quick = ["--model", "efficientnet_lite0", "--gpu", "-1", "--num_steps", "1",
+             "--iter_behavior", "", "--seed", "0", "--output_file", str(out)]
+    result = subprocess.run(["bash", str(script), *quick], cwd=tmp_path, capture_output=True,
+                            text=True, env={**os.environ, "PYTHON": sys.executable}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    with Image.open(out) as image:
+        assert image.size == (451, 300)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Beyond 2015: a guide image: the cat dreams of the Hubble deep field.
+# Each position of the layer is pulled towards the guide's feature that it already resembles most.
+# Run from anywhere; options given to this script are passed on last, so they override, e.g.
+#   examples/beyond_guide.sh --model efficientnet_lite0 --gpu -1 --num_steps 5
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# The project's virtual environment if there is one (README set-up), else python3; or set PYTHON.
+PYTHON="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}"
+mkdir -p examples/output
+"$PYTHON" examples/make_inputs.py > /dev/null
+exec "$PYTHON" cnn_vis.py \
+  --initial_image examples/inputs/chelsea.png \
+  --target_layer inception_4b/output \
+  --initial_size x0.8 \
+  --final_size x1 \
+  --num_sizes 2 \
+  --num_steps 30 \
+  --learning_rate 4 \
+  --decay_rate 0.9 \
+  --alpha 2 \
+  --p_reg 0.005 \
+  --beta 2 \
+  --tv_reg 0.02 \
+  --guide_image examples/inputs/hubble_deep_field.png \
+  --output_file examples/output/beyond_guide.png \
+  "$@"

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Beyond 2015: two layers at once, the second with its own weight.
+# Textures of the early inception_3b mixed into the objects of inception_4b, in one backward pass.
+# Run from anywhere; options given to this script are passed on last, so they override, e.g.
+#   examples/beyond_layers.sh --model efficientnet_lite0 --gpu -1 --num_steps 5
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# The project's virtual environment if there is one (README set-up), else python3; or set PYTHON.
+PYTHON="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}"
+mkdir -p examples/output
+"$PYTHON" examples/make_inputs.py > /dev/null
+exec "$PYTHON" cnn_vis.py \
+  --initial_image examples/inputs/chelsea.png \
+  --target_layer inception_4b/output,inception_3b/output \
+  --initial_size x0.8 \
+  --final_size x1 \
+  --num_sizes 2 \
+  --num_steps 30 \
+  --learning_rate 4 \
+  --decay_rate 0.9 \
+  --alpha 2 \
+  --p_reg 0.005 \
+  --beta 2 \
+  --tv_reg 0.02 \
+  --layer_weights 1,0.6 \
+  --output_file examples/output/beyond_layers.png \
+  "$@"
