@@ -70,7 +70,9 @@ def dream(image: ImageInput, model: VisModel, *, seed: int | None = None,
     defaults (`target_layer=`, `num_steps=`, `initial_size=`, `tv_reg=`, ...; see
     `cnnvis.DreamOptions`). `callback(report)` runs every `output_iter` steps with the
     step, size, losses and the current picture; `progress(size_index, step)` after every
-    step. The same seed and options give the same pixels as the command line.
+    step. `guide=` and `mask=` take images as `image` does (the command line's
+    --guide_image and --mask; a mask may also be a uint8 array H x W). The same seed and
+    options give the same pixels as the command line.
     """
     return render(image, model, seed=seed, callback=callback, progress=progress, **options).pil()
 

@@ -33,6 +33,8 @@ from cnnvis.report import ConsoleObserver
 from cnnvis.settings import ACTIONS, GROUPS, CommandOptions, DreamOptions, settings
 
 EXIT_USER_ERROR, EXIT_INTERNAL_ERROR = 2, 1
+NOT_ENOUGH_MEMORY = ("error: this machine has not enough memory for the run; use smaller sizes "
+                     "(--initial_size, --final_size) or a smaller --batch_size.")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -122,17 +124,14 @@ def main(argv: list[str] | None = None) -> int:
             print("cnn-vis: interrupted.", file=sys.stderr)
             return exit_status(stop)
         except MemoryError:
-            return _fail("error: this machine has not enough memory for the run; use smaller "
-                         "sizes (--initial_size, --final_size) or a smaller --batch_size.", debug)
+            return _fail(NOT_ENOUGH_MEMORY, debug)
         except OSError as error:   # the operating system refused something not checked before
             where = f" '{error.filename}'" if error.filename else ""
             return _fail(f"error: the operating system refused{where}: {error.strerror or error}; "
                          "check the path, the free disk space and the permissions.", debug)
         except Exception as error:  # noqa: BLE001 - the last line of defence: no traceback for users
             if _out_of_memory(error):
-                return _fail("error: this machine has not enough memory for the run; use "
-                             "smaller sizes (--initial_size, --final_size) or a smaller "
-                             "--batch_size.", debug)
+                return _fail(NOT_ENOUGH_MEMORY, debug)
             _fail(f"internal error: {type(error).__name__}: {error}. This is a bug; please report "
                   "it with the output of the same command with --debug.", debug)
             return EXIT_INTERNAL_ERROR

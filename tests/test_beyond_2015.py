@@ -9,6 +9,7 @@ from PIL import Image
 
 import cnnvis
 from cnnvis.caffe import CaffeNet, parse_prototxt
+from cnnvis.caffe.writer import blob_proto
 from cnnvis.cli import main
 from cnnvis.engine import TorchEngine
 from cnnvis.model import VisModel
@@ -24,8 +25,6 @@ from tests.test_caffe_net import TINY, tiny_weights
 @pytest.fixture(scope="module")
 def engine() -> TorchEngine:
     """The tiny Caffe network in float64, so that finite differences are exact enough."""
-    from cnnvis.caffe import read_caffemodel  # noqa: F401 - weights come as BlobProtos
-    from cnnvis.caffe.writer import blob_proto
     weights = {name: [blob_proto(a) for a in arrays] for name, arrays in tiny_weights().items()}
     return TorchEngine(CaffeNet(parse_prototxt(TINY), weights).eval().double())
 
