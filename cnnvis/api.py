@@ -206,9 +206,13 @@ def check_combinations(options: DreamOptions, photo: bool, guide: bool) -> None:
 
 
 def _layer_names(options: DreamOptions) -> list[str | None]:
-    if options.target_layer is None:
+    if not options.target_layer:
         return [None]   # the model's default
-    return [name.strip() for name in options.target_layer.split(",")]
+    names = [name.strip() for name in options.target_layer.split(",")]
+    if not all(names):
+        raise UserError(f"--target_layer '{options.target_layer}' has an empty name; join blob "
+                        "names with ',' (see --list_layers).")
+    return names
 
 
 def plan_sizes(options: DreamOptions, photo_size: tuple[int, int] | None,

@@ -220,6 +220,7 @@ def test_guide_and_several_layers_through_the_api(tiny, photo):
     (["--jitter", "-1"], ["--jitter -1 must be at least 0"]),
     (["--layer_weights", "1,nan", "--target_layer", "conv1,conv2"], ["'nan' is not a finite"]),
     (["--target_layer", "conv2,conv2"], ["names 'conv2' twice"]),
+    (["--target_layer", "conv2,"], ["has an empty name"]),
 ])
 def test_bad_combinations(tiny_model, output, capsys, options, key_words):
     argv = tiny_model + ["--num_steps", "1", "--iter_behavior", "", "--output_file", str(output)]
