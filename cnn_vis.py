@@ -9,10 +9,7 @@ in the `cnnvis` package; `cnnvis.cli.main` is the command line.
 """
 import sys
 
+from cnnvis.console import run_command_line
+
 if __name__ == "__main__":
-    try:
-        from cnnvis.cli import main   # imports PyTorch: a few seconds, during which Ctrl-C may come
-    except KeyboardInterrupt:
-        print("cnn-vis: interrupted.", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(main())
+    sys.exit(run_command_line())

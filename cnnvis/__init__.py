@@ -4,15 +4,29 @@
     model = cnnvis.load_model("efficientnet_lite0")
     image = cnnvis.dream("photo.jpg", model, seed=0, num_steps=50)   # a PIL image
 
-Importing the package changes nothing process-wide. See README.md, "Python API".
+Importing the package changes nothing process-wide, and is quick: the names below load
+their modules (and PyTorch) on first use. See README.md, "Python API".
 """
-from cnnvis.api import dream, load_model, render
-from cnnvis.engine import keep_freed_memory
-from cnnvis.errors import Interrupted, NonFiniteImage, UserError
-from cnnvis.model import VisModel
-from cnnvis.optimizer import Report
-from cnnvis.pixels import Picture
-from cnnvis.settings import DreamOptions
+import importlib
 
-__all__ = ["dream", "render", "load_model", "VisModel", "DreamOptions", "Picture", "Report",
-           "UserError", "NonFiniteImage", "Interrupted", "keep_freed_memory"]
+# Public name -> the module that defines it.
+_PUBLIC = {
+    "dream": "cnnvis.api", "render": "cnnvis.api", "load_model": "cnnvis.api",
+    "VisModel": "cnnvis.model", "DreamOptions": "cnnvis.settings", "Picture": "cnnvis.pixels",
+    "Report": "cnnvis.optimizer", "UserError": "cnnvis.errors",
+    "NonFiniteImage": "cnnvis.errors", "Interrupted": "cnnvis.errors",
+    "keep_freed_memory": "cnnvis.engine",
+}
+__all__ = list(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'cnnvis' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value   # once loaded, an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

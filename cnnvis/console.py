@@ -19,6 +19,17 @@ from collections.abc import Iterator
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def run_command_line() -> int:
+    """`python cnn_vis.py` and the `cnn-vis` command: the command line, with Ctrl-C during
+    the seconds of importing PyTorch ending in one line too."""
+    try:
+        from cnnvis.cli import main
+    except KeyboardInterrupt:
+        print("cnn-vis: interrupted.", file=sys.stderr)
+        return 128 + signal.SIGINT
+    return main()
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C: the image is saved, and the exit status is 143."""
 

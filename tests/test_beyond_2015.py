@@ -10,6 +10,7 @@ from PIL import Image
 import cnnvis
 from cnnvis.caffe import CaffeNet, parse_prototxt
 from cnnvis.caffe.writer import blob_proto
+from cnnvis.api import noise_image
 from cnnvis.cli import main
 from cnnvis.engine import TorchEngine
 from cnnvis.model import VisModel
@@ -152,7 +153,7 @@ def test_black_mask_pixels_never_change_through_two_sizes(tiny, photo, start):
         got = result.rgb()
     else:
         result = cnnvis.render(None, tiny, seed=0, mask=half_mask(16, 16), **options)
-        noise = cnnvis.api.noise_image((16, 16), 1.0, 0.0, 0)
+        noise = noise_image((16, 16), 1.0, 0.0, 0)
         expected = torch.nn.functional.interpolate(noise, size=(24, 24), mode="bicubic",
                                                    align_corners=False)[0].numpy()
         got = result.image[0].numpy()
@@ -169,7 +170,7 @@ def test_black_mask_pixels_never_change_through_two_sizes(tiny, photo, start):
 def test_grey_mask_pixels_move_less(tiny):
     mask = np.full((16, 16), 255, np.uint8)
     mask[:, :8] = 64
-    start = cnnvis.api.noise_image((16, 16), 1.0, 0.0, 0)[0].numpy()
+    start = noise_image((16, 16), 1.0, 0.0, 0)[0].numpy()
     result = cnnvis.render(None, tiny, seed=0, mask=mask, target_layer="conv2", num_steps=1,
                            p_reg=0.0, tv_reg=0.0).image[0].numpy()
     moved = np.abs(result - start)

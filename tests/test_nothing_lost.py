@@ -96,6 +96,17 @@ def test_ctrl_c_before_the_steps_is_one_line(tiny, output, delay):
     assert output.read_bytes() == PREVIOUS_OUTPUT
 
 
+def test_the_cnn_vis_command_guards_its_imports_too():
+    """The installed `cnn-vis` command starts where cnn_vis.py does (whose Ctrl-C during
+    imports is tested above): before PyTorch is imported."""
+    from importlib.metadata import entry_points
+    [command] = entry_points(group="console_scripts", name="cnn-vis")
+    assert command.value == "cnnvis.console:run_command_line"
+    result = subprocess.run([sys.executable, "-c", "import sys, cnnvis.console; "
+                             "print('torch' in sys.modules)"], capture_output=True, text=True)
+    assert result.stdout.strip() == "False"
+
+
 @pytest.mark.parametrize("stop, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_while_the_png_is_written_waits_for_the_file(tiny, output, monkeypatch, capsys,
                                                                stop, status):
