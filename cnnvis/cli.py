@@ -42,11 +42,20 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see --help).")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown where there is one to show (not None, and not a flag's False)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The options of `cnnvis.settings`, with the 2015 spellings, in --help's groups."""
     parser = _Parser(
         prog="cnn_vis.py", description="Inceptionism (DeepDream-style) images from a CNN.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     groups = {name: parser.add_argument_group(name) for name in GROUPS}
     for options in (CommandOptions, DreamOptions):
         for field, setting in settings(options):

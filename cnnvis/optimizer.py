@@ -76,7 +76,7 @@ class Dream:
         self.objective = objective
         self.callback = callback
         self.progress = progress
-        self.jitter = torch.Generator().manual_seed(seed)
+        self.jitter_generator = torch.Generator().manual_seed(seed)
         self.image: torch.Tensor | None = None
 
     def run(self, initial: torch.Tensor, anchor_rgb: np.ndarray | None,
@@ -123,11 +123,15 @@ class Dream:
             shift = self._jitter_shift()
             if shift:
                 self.image, caches, anchor, mask = _rolled((self.image, caches, anchor, mask), shift)
-            for group in groups:
-                self._update_group(group, anchor, caches, rates, mask, learning_rate, tv_reg, stats)
-            if shift:
-                back = (-shift[0], -shift[1])
-                self.image, caches, anchor, mask = _rolled((self.image, caches, anchor, mask), back)
+            try:
+                for group in groups:
+                    self._update_group(group, anchor, caches, rates, mask, learning_rate, tv_reg,
+                                       stats)
+            finally:   # also when interrupted: the image kept is never the rolled one
+                if shift:
+                    back = (-shift[0], -shift[1])
+                    self.image, caches, anchor, mask = _rolled((self.image, caches, anchor, mask),
+                                                               back)
             if not bool(torch.isfinite(self.image).all()):
                 self.image = previous
                 raise NonFiniteImage(f"the image became non-finite at step {step} of size "
@@ -146,7 +150,7 @@ class Dream:
         if self.settings.jitter == 0:
             return None
         dy, dx = torch.randint(-self.settings.jitter, self.settings.jitter + 1, (2,),
-                               generator=self.jitter).tolist()
+                               generator=self.jitter_generator).tolist()
         return dy, dx
 
     def _update_group(self, group: list[Region], anchor, caches, rates, mask,
