@@ -117,6 +117,26 @@ def test_jitter_keeps_the_rmsprop_state_with_its_pixels():
     torch.testing.assert_close(square_dream(jitter=3), square_dream(jitter=0), rtol=0, atol=1e-6)
 
 
+def test_an_interrupted_jittered_step_keeps_the_image_unrolled():
+    class InterruptedOnSecondCall(SquareNetwork):
+        calls = 0
+
+        def forward_blobs(self, x, targets):
+            self.calls += 1
+            if self.calls == 2:
+                raise KeyboardInterrupt
+            return super().forward_blobs(x, targets)
+
+    after_first: list[torch.Tensor] = []
+    options = DreamOptions(target_layer="square", num_steps=3, tv_reg=0.0, jitter=3)
+    run = Dream(VisModel(InterruptedOnSecondCall(), "square", (0.0, 0.0, 0.0)), options, [(8, 8)],
+                {"square": amplify_layer(1.0, 1.0, 5.0)}, seed=4,
+                progress=lambda size, step: after_first.append(run.image.clone()))
+    with pytest.raises(KeyboardInterrupt):
+        run.run(torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)), None)
+    torch.testing.assert_close(run.image, after_first[0], rtol=0, atol=0)
+
+
 def test_jitter_is_seeded_and_zero_is_today(tmp_path, tiny_model):
     def pixels(*extra) -> np.ndarray:
         output = tmp_path / "jitter.png"
