@@ -21,11 +21,11 @@ from PIL import Image
 
 from cnnvis import zoo
 from cnnvis.errors import Interrupted, NonFiniteImage, UserError
-from cnnvis.imageio import load_rgb
+from cnnvis.imageio import as_photo
 from cnnvis.model import VisModel
 from cnnvis.objectives import Objective, amplify_layer, amplify_neuron, guided, weighted
 from cnnvis.optimizer import Dream, Report
-from cnnvis.pixels import Picture, as_rgb, resize_rgb, rgb_to_image, with_colours_of
+from cnnvis.pixels import Picture, resize_rgb, rgb_to_image, with_colours_of
 from cnnvis.settings import DreamOptions, check_seed
 from cnnvis.sizes import check_min_size, parse_size, size_sequence
 
@@ -126,11 +126,7 @@ def new_seed() -> int:
 
 
 def _photo(image: ImageInput, option: str = "--initial_image") -> np.ndarray | None:
-    if image is None:
-        return None
-    if isinstance(image, (str, Path)):
-        return load_rgb(image, option)
-    return as_rgb(image)
+    return None if image is None else as_photo(image, option)
 
 
 def grey_mask(mask: str | Path | Image.Image | np.ndarray) -> np.ndarray:

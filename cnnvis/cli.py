@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from cnnvis import api, zoo
 from cnnvis.caffe import CaffeNet, read_prototxt
@@ -30,7 +30,7 @@ from cnnvis.imageio import check_writable_output, load_mean_colour, load_rgb, sa
 from cnnvis.model import VisModel
 from cnnvis.pixels import Picture
 from cnnvis.report import ConsoleObserver
-from cnnvis.settings import ACTIONS, GROUPS, CommandOptions, DreamOptions, settings
+from cnnvis.settings import ACTIONS, GROUPS, CommandOptions, DreamOptions, option_settings
 
 EXIT_USER_ERROR, EXIT_INTERNAL_ERROR = 2, 1
 NOT_ENOUGH_MEMORY = ("error: this machine has not enough memory for the run; use smaller sizes "
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter)
     groups = {name: parser.add_argument_group(name) for name in GROUPS}
     for options in (CommandOptions, DreamOptions):
-        for field, setting in settings(options):
+        for field, setting in option_settings(options):
             flags = [f"--{field.name}", *setting.aliases]
             group = groups[setting.group]
             if setting.kind is bool:
@@ -92,7 +92,7 @@ def _negative_values_attached(argv: list[str]) -> list[str]:
     """argv with `--option -1e-3` written `--option=-1e-3`: argparse takes a value that starts
     with '-' for an option unless it looks like a plain number ('-1', '-0.5')."""
     takes_value = {flag for options in (CommandOptions, DreamOptions)
-                   for field, setting in settings(options) if setting.kind is not bool
+                   for field, setting in option_settings(options) if setting.kind is not bool
                    for flag in (f"--{field.name}", *setting.aliases)}
     joined: list[str] = []
     for token in argv:
@@ -280,9 +280,12 @@ def parse_actions(text: str) -> list[str]:
 
 def recorded_command(png: str) -> str | None:
     """The command line recorded in a PNG that cnn-vis wrote, or None."""
-    load_rgb(png, "--replay")   # the usual messages for a missing, unreadable or non-image file
-    with open_input(png, "image", "--replay") as file, Image.open(file) as image:
-        return getattr(image, "text", {}).get("cnn-vis:command")
+    with open_input(png, "image", "--replay") as file:
+        try:
+            with Image.open(file) as image:
+                return getattr(image, "text", {}).get("cnn-vis:command")
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            return None   # not a PNG that cnn-vis wrote: the caller says so
 
 
 def select_device(gpu: int) -> torch.device:

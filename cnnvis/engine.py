@@ -85,10 +85,7 @@ class TorchEngine:
                     loss, top_gradient = blob_objective(blobs[name].detach())
                     losses.append(loss.detach())
                     products.append((blobs[name] * top_gradient).sum())
-                total = products[0]
-                for product in products[1:]:
-                    total = total + product
-                total.backward()
+                sum(products[1:], start=products[0]).backward()
                 gradients.append(tiles.grad)
         return sum(losses), torch.cat(gradients)
 

@@ -23,6 +23,7 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from cnnvis.errors import UserError
 from cnnvis.files import open_input
+from cnnvis.pixels import as_rgb
 
 PathLike = str | os.PathLike[str]
 logger = logging.getLogger("cnnvis")
@@ -62,6 +63,14 @@ def load_rgb(path: PathLike, option: str = "--initial_image") -> np.ndarray:
             raise UserError(f"cannot read image '{path}': the image data is truncated or corrupt "
                             f"({type(exc).__name__}: {exc}); re-download or re-export the file"
                             ) from None
+
+
+def as_photo(image: PathLike | Image.Image | np.ndarray, option: str = "--initial_image") -> np.ndarray:
+    """uint8 RGB (H, W, 3) of an image file (read as `load_rgb` does), a PIL image or such
+    an array."""
+    if isinstance(image, (str, os.PathLike)):
+        return load_rgb(image, option)
+    return as_rgb(image)
 
 
 def _to_rgb_array(image: Image.Image) -> np.ndarray:

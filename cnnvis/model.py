@@ -21,10 +21,10 @@ import torch
 from PIL import Image
 
 from cnnvis.engine import Engine, TorchEngine
-from cnnvis.imageio import load_rgb
+from cnnvis.imageio import as_photo
 from cnnvis.network import BlobNetwork
 from cnnvis.objectives import Objective
-from cnnvis.pixels import as_rgb, resize_rgb, rgb_to_image
+from cnnvis.pixels import resize_rgb, rgb_to_image
 
 
 @dataclass(frozen=True)
@@ -122,8 +122,8 @@ class VisModel:
         `image` is a file path, a PIL image or a uint8 RGB array (H, W, 3); it is
         resized to the network input.
         """
-        rgb = load_rgb(image) if isinstance(image, (str, Path)) else as_rgb(image)
-        tensor = rgb_to_image(resize_rgb(rgb, self.input_size), self.mean_bgr)
+        tensor = rgb_to_image(resize_rgb(as_photo(image, "--classify"), self.input_size),
+                              self.mean_bgr)
         scores = self.blob(tensor, self.blob_names[-1])
         scores = scores.reshape(scores.shape[0], -1)[0]
         values, indices = scores.topk(min(top, scores.numel()))

@@ -71,7 +71,7 @@ class Dream:
                  objective: Objective, callback: Callable[[Report], None] | None = None,
                  progress: Callable[[int, int], None] | None = None, seed: int = 0):
         self.model = model
-        self.settings = options
+        self.options = options
         self.sizes = sizes
         self.objective = objective
         self.callback = callback
@@ -104,7 +104,7 @@ class Dream:
 
     def _optimise_size(self, size_index: int, anchor: torch.Tensor | None,
                        mask: torch.Tensor | None) -> None:
-        s = self.settings
+        s = self.options
         height, width = self.image.shape[-2:]
         tile = self.model.input_size
         groups = checkerboard_groups(height, width, *tile)
@@ -147,9 +147,9 @@ class Dream:
 
     def _jitter_shift(self) -> tuple[int, int] | None:
         """This step's (dy, dx), each uniform in [-jitter, jitter]; None without jitter."""
-        if self.settings.jitter == 0:
+        if self.options.jitter == 0:
             return None
-        dy, dx = torch.randint(-self.settings.jitter, self.settings.jitter + 1, (2,),
+        dy, dx = torch.randint(-self.options.jitter, self.options.jitter + 1, (2,),
                                generator=self.jitter_generator).tolist()
         return dy, dx
 
@@ -162,8 +162,8 @@ class Dream:
             gradient = cnn_gradient + self._regulariser_gradient(
                 pixels, None if anchor is None else anchor[0][region.slices], tv_reg, stats)
             cache = caches[region.parity][region.slices]                # (3, h, w) view
-            cache.mul_(self.settings.decay_rate).addcmul_(gradient, gradient,
-                                                          value=1 - self.settings.decay_rate)
+            cache.mul_(self.options.decay_rate).addcmul_(gradient, gradient,
+                                                          value=1 - self.options.decay_rate)
             step = -learning_rate * gradient / torch.sqrt(cache + RMSPROP_EPSILON)
             if rates is not None:
                 step = step * rates[region.slices]
@@ -177,8 +177,8 @@ class Dream:
 
     def _cnn_gradients(self, group: list[Region], stats: StepStats | None) -> list[torch.Tensor]:
         gradients = []
-        for start in range(0, len(group), self.settings.batch_size):
-            batch = group[start:start + self.settings.batch_size]
+        for start in range(0, len(group), self.options.batch_size):
+            batch = group[start:start + self.options.batch_size]
             tiles = torch.stack([self.image[0][region.slices] for region in batch])  # (B, 3, h, w)
             loss, gradient = self.model.objective_gradient(tiles, self.objective)
             gradients.extend(gradient.unbind(0))
@@ -189,7 +189,7 @@ class Dream:
     def _regulariser_gradient(self, pixels: torch.Tensor, anchor: torch.Tensor | None,
                               tv_reg: float, stats: StepStats | None) -> torch.Tensor:
         """p_reg*dP(x - x0) + p_reg_aux*dP(x) + tv_reg*dTV(x/scale)/scale; zero-weight terms are skipped."""
-        s = self.settings
+        s = self.options
         terms = [
             ("p", s.p_reg, lambda: p_norm(pixels if anchor is None else pixels - anchor,
                                           s.alpha, s.p_scale)),
@@ -213,7 +213,7 @@ class Dream:
         steps = torch.cat(stats.step_sizes)
         return Report(
             size_index=size_index, num_sizes=len(self.sizes), step=step,
-            picture=Picture(self.image, self.model.mean_bgr, self.settings.rescale_image),
+            picture=Picture(self.image, self.model.mean_bgr, self.options.rescale_image),
             objective=stats.losses["objective"], p_loss=stats.losses["p"],
             tv_loss=stats.losses["tv"],
             mean_gradients={k: v / stats.regions for k, v in stats.gradient_sums.items()},

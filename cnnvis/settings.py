@@ -259,7 +259,7 @@ class CommandOptions:
         _check_fields(self)
 
 
-def settings(cls) -> Iterator[tuple[dataclasses.Field, Setting]]:
+def option_settings(cls) -> Iterator[tuple[dataclasses.Field, Setting]]:
     """The fields of an options class with their `Setting`s, in declaration order."""
     for f in dataclasses.fields(cls):
         yield f, f.metadata["setting"]
