@@ -16,6 +16,8 @@ _PUBLIC = {
     "Report": "cnnvis.optimizer", "UserError": "cnnvis.errors",
     "NonFiniteImage": "cnnvis.errors", "Interrupted": "cnnvis.errors",
     "keep_freed_memory": "cnnvis.engine",
+    "animate": "cnnvis.animation", "dream_video": "cnnvis.animation", "Frame": "cnnvis.animation",
+    "AnimationOptions": "cnnvis.settings",
 }
 __all__ = list(_PUBLIC)
 

@@ -94,14 +94,34 @@ def render(image: ImageInput, model: VisModel, *, seed: int | None = None,
     guide_rgb = None if guide is None else _photo(guide, "--guide_image")
     mask_grey = None if mask is None else grey_mask(mask)
     check_combinations(settings, photo is not None, guide_rgb is not None)
+    return render_checked(photo, model, settings, seed, guide_rgb=guide_rgb, mask_grey=mask_grey,
+                          callback=callback, progress=progress)
+
+
+def render_checked(photo: np.ndarray | None, model: VisModel, settings: DreamOptions, seed: int, *,
+                   guide_rgb: np.ndarray | None = None, mask_grey: np.ndarray | None = None,
+                   objective: Objective | None = None, start: torch.Tensor | None = None,
+                   callback: Callable[[Report], None] | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> Picture:
+    """`render` on inputs already converted and checked together (`check_combinations`).
+
+    `objective` replaces the one built from `settings` and `guide_rgb` (a sequence of
+    frames builds it once). `start` (1, 3, H, W) at the first size replaces the photo
+    as the image the run begins from; the photo stays what the p-norm pulls towards.
+    """
     sizes = plan_sizes(settings, None if photo is None else photo.shape[:2], model.input_size)
     if mask_grey is not None:
         check_mask(mask_grey, sizes[-1])
     check_memory(sizes, model.device)
-    objective = build_objective(model, settings, guide_rgb)
-    initial = (rgb_to_image(resize_rgb(photo, sizes[0]), model.mean_bgr) if photo is not None
-               else noise_image(sizes[0], settings.initialization_scale,
-                                settings.initialization_blur, seed))
+    if objective is None:
+        objective = build_objective(model, settings, guide_rgb)
+    if start is not None:
+        initial = start
+    elif photo is not None:
+        initial = rgb_to_image(resize_rgb(photo, sizes[0]), model.mean_bgr)
+    else:
+        initial = noise_image(sizes[0], settings.initialization_scale,
+                              settings.initialization_blur, seed)
     run = Dream(model, settings, sizes, objective, callback=callback, progress=progress, seed=seed)
 
     def picture(image: torch.Tensor | None) -> Picture | None:

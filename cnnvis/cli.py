@@ -7,6 +7,7 @@ options) before the model loads or any optimisation starts, then dreams and save
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import os
@@ -16,6 +17,7 @@ import sys
 import traceback
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
@@ -30,9 +32,11 @@ from cnnvis.imageio import check_writable_output, load_mean_colour, load_rgb, sa
 from cnnvis.model import VisModel
 from cnnvis.pixels import Picture
 from cnnvis.report import ConsoleObserver
-from cnnvis.settings import ACTIONS, GROUPS, CommandOptions, DreamOptions, option_settings
+from cnnvis.settings import (ACTIONS, GROUPS, VIDEO_SUFFIXES, AnimationOptions, CommandOptions,
+                             DreamOptions, option_settings)
 
 EXIT_USER_ERROR, EXIT_INTERNAL_ERROR = 2, 1
+OPTION_CLASSES = (CommandOptions, DreamOptions, AnimationOptions)
 NOT_ENOUGH_MEMORY = ("error: this machine has not enough memory for the run; use smaller sizes "
                      "(--initial_size, --final_size) or a smaller --batch_size.")
 
@@ -57,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cnn_vis.py", description="Inceptionism (DeepDream-style) images from a CNN.",
         formatter_class=_HelpFormatter)
     groups = {name: parser.add_argument_group(name) for name in GROUPS}
-    for options in (CommandOptions, DreamOptions):
+    for options in OPTION_CLASSES:
         for field, setting in option_settings(options):
             flags = [f"--{field.name}", *setting.aliases]
             group = groups[setting.group]
@@ -71,18 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_arguments(argv: list[str]) -> tuple[CommandOptions, DreamOptions, list[str]]:
-    """The command's options, the dream's options, and the argv they came from (with
-    --replay expanded into the recorded command)."""
+def parse_arguments(argv: list[str]) -> tuple[CommandOptions, DreamOptions, AnimationOptions,
+                                              list[str]]:
+    """The command's options, the dream's, the animation's, and the argv they came from
+    (with --replay expanded into the recorded command)."""
     namespace = build_parser().parse_args(_negative_values_attached(argv))
     replay = namespace.replay
     if replay:
         argv = replay_argv(replay, argv)
         namespace = build_parser().parse_args(_negative_values_attached(argv))
     values = {**vars(namespace), "replay": replay}
-    return (CommandOptions(**{f.name: values[f.name] for f in dataclasses.fields(CommandOptions)}),
-            DreamOptions(**{f.name: values[f.name] for f in dataclasses.fields(DreamOptions)}),
-            argv)
+    return (*(cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
+              for cls in OPTION_CLASSES), argv)
 
 
 _NEGATIVE_NUMBER = re.compile(r"-(\d|\.\d|inf|nan)", re.IGNORECASE)
@@ -91,7 +95,7 @@ _NEGATIVE_NUMBER = re.compile(r"-(\d|\.\d|inf|nan)", re.IGNORECASE)
 def _negative_values_attached(argv: list[str]) -> list[str]:
     """argv with `--option -1e-3` written `--option=-1e-3`: argparse takes a value that starts
     with '-' for an option unless it looks like a plain number ('-1', '-0.5')."""
-    takes_value = {flag for options in (CommandOptions, DreamOptions)
+    takes_value = {flag for options in OPTION_CLASSES
                    for field, setting in option_settings(options) if setting.kind is not bool
                    for flag in (f"--{field.name}", *setting.aliases)}
     joined: list[str] = []
@@ -125,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv or os.environ.get("CNN_VIS_DEBUG") == "1"
     with guarded_process():
         try:
-            command, options, argv = parse_arguments(argv)
-            return run(command, options, argv)
+            return run(*parse_arguments(argv))
         except UserError as error:
             return _fail(f"error: {error}", debug)
         except KeyboardInterrupt as stop:
@@ -162,7 +165,8 @@ def _out_of_memory(error: Exception) -> bool:
                                              or "out of memory" in text))
 
 
-def run(command: CommandOptions, options: DreamOptions, argv: list[str]) -> int:
+def run(command: CommandOptions, options: DreamOptions, animation: AnimationOptions,
+        argv: list[str]) -> int:
     """Dispatch: a model tool, or the dream itself."""
     expand = lambda path: path and os.path.expanduser(os.path.expandvars(path))  # noqa: E731
     command = dataclasses.replace(command, deploy_txt=expand(command.deploy_txt),
@@ -180,10 +184,59 @@ def run(command: CommandOptions, options: DreamOptions, argv: list[str]) -> int:
     if command.classify:
         print_classes(command)
         return 0
+    if (command.input_video or animation.frames > 1
+            or Path(command.output_file).suffix.lower() in VIDEO_SUFFIXES):
+        return dream_frames(command, options, animation, argv)
+    check_no_animation(command, animation)
     return dream(command, options, argv)
 
 
 # --------------------------------------------------------------------------- the dream
+
+
+@dataclasses.dataclass
+class Inputs:
+    """The user's files, read and checked before any model loads."""
+
+    photo: np.ndarray | None
+    guide: np.ndarray | None
+    mask: np.ndarray | None
+    mean_bgr: tuple[float, float, float] | None
+
+
+def read_inputs(command: CommandOptions, output: Path) -> Inputs:
+    sources = ((command.initial_image, "--initial_image image"), (command.replay, "--replay image"),
+               (command.guide_image, "--guide_image image"), (command.mask, "--mask image"),
+               (command.input_video, "--input_video"))
+    for source, what in sources:
+        if source and same_file(source, output):
+            raise UserError(f"--output_file {output} is the {what} itself, which the result "
+                            "would replace; choose another --output_file.")
+    return Inputs(photo=load_rgb(command.initial_image) if command.initial_image else None,
+                  guide=load_rgb(command.guide_image, "--guide_image") if command.guide_image else None,
+                  mask=api.grey_mask(command.mask) if command.mask else None,
+                  mean_bgr=load_mean_colour(command.mean_image) if command.mean_image else None)
+
+
+def planned_sizes(command: CommandOptions, options: DreamOptions, inputs: Inputs,
+                  photo_size: tuple[int, int] | None) -> list[tuple[int, int]]:
+    """The size schedule, checked against the network's input, the mask and the memory
+    (the network's input size is known before its weights load)."""
+    input_size = (network_input(read_prototxt(command.deploy_txt))[1][1:] if command.deploy_txt
+                  else zoo.preset(command.model).input_size)
+    sizes = api.plan_sizes(options, photo_size, input_size)
+    if inputs.mask is not None:
+        api.check_mask(inputs.mask, sizes[-1])
+    return sizes
+
+
+def recorded_text(model: VisModel, seed: int, command: CommandOptions,
+                  argv: list[str]) -> dict[str, str]:
+    """The PNG text of every image written: the model, the seed and the command (with the
+    seed, so that --replay repeats it)."""
+    return {"Software": "cnn-vis", "cnn-vis:model": model.name, "cnn-vis:seed": str(seed),
+            "cnn-vis:command": shlex.join(["cnn_vis.py", *argv] + (
+                [] if command.seed is not None else ["--seed", str(seed)]))}
 
 
 def dream(command: CommandOptions, options: DreamOptions, argv: list[str]) -> int:
@@ -191,32 +244,18 @@ def dream(command: CommandOptions, options: DreamOptions, argv: list[str]) -> in
     actions = parse_actions(command.iter_behavior)
     output = Path(command.output_file)
     check_writable_output(output)
-    for source, option in ((command.initial_image, "--initial_image"), (command.replay, "--replay"),
-                           (command.guide_image, "--guide_image"), (command.mask, "--mask")):
-        if source and same_file(source, output):
-            raise UserError(f"--output_file {output} is the {option} image itself, which the "
-                            "result would replace; choose another --output_file.")
-    photo = load_rgb(command.initial_image) if command.initial_image else None
-    guide = load_rgb(command.guide_image, "--guide_image") if command.guide_image else None
-    mask = api.grey_mask(command.mask) if command.mask else None
-    mean_bgr = load_mean_colour(command.mean_image) if command.mean_image else None
-    api.check_combinations(options, photo is not None, guide is not None)
-    # The network's input size is known before its weights load: check the sizes first.
-    input_size = (network_input(read_prototxt(command.deploy_txt))[1][1:] if command.deploy_txt
-                  else zoo.preset(command.model).input_size)
-    sizes = api.plan_sizes(options, None if photo is None else photo.shape[:2], input_size)
-    if mask is not None:
-        api.check_mask(mask, sizes[-1])
+    inputs = read_inputs(command, output)
+    photo = inputs.photo
+    api.check_combinations(options, photo is not None, inputs.guide is not None)
+    sizes = planned_sizes(command, options, inputs, None if photo is None else photo.shape[:2])
     device = select_device(command.gpu)
     api.check_memory(sizes, device)
-    model = load_model(command, mean_bgr, device)
+    model = load_model(command, inputs.mean_bgr, device)
 
     seed = command.seed if command.seed is not None else api.new_seed()
-    png_text = {"Software": "cnn-vis", "cnn-vis:model": model.name, "cnn-vis:seed": str(seed),
-                "cnn-vis:command": shlex.join(["cnn_vis.py", *argv] + (
-                    [] if command.seed is not None else ["--seed", str(seed)]))}
+    png_text = recorded_text(model, seed, command, argv)
     observer = ConsoleObserver(actions, output, command.output_depth, png_text,
-                               total_steps=len(sizes) * options.num_steps,
+                               total=len(sizes) * options.num_steps,
                                show_size=(command.show_width, command.show_height))
 
     if "print" in actions:
@@ -229,8 +268,8 @@ def dream(command: CommandOptions, options: DreamOptions, argv: list[str]) -> in
     try:
         try:
             picture = api.render(photo, model, seed=seed, callback=observer.report,
-                                 progress=observer.step_done, guide=guide, mask=mask,
-                                 **dataclasses.asdict(options))
+                                 progress=observer.step_done, guide=inputs.guide,
+                                 mask=inputs.mask, **dataclasses.asdict(options))
         finally:
             observer.close()
     except NonFiniteImage as error:
@@ -251,6 +290,173 @@ def dream(command: CommandOptions, options: DreamOptions, argv: list[str]) -> in
         print(f"\ncnn-vis: interrupted; the finished image is saved as {output}.", file=sys.stderr)
         return exit_status(stop)
     print(f"wrote {output}", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------- sequences
+
+# The options that only sequences use (beside AnimationOptions), with their defaults.
+SEQUENCE_COMMAND_OPTIONS = ("input_video", "start_frame", "end_frame", "fps", "resume")
+CAMERA_OPTIONS = ("zoom", "rotate", "pan")
+VIDEO_OPTIONS = ("blend", "flow", "start_frame", "end_frame")
+# What does not decide a frame's pixels, so that --resume may differ in it.
+NOT_RECORDED = {"frames", "end_frame", "fps", "resume", "output_file", "iter_behavior",
+                "show_width", "show_height", "debug", "replay", "output_iter", "gpu",
+                "list_models", "list_layers", "classify", "download", "batch_size"}
+
+
+def _changed(command: CommandOptions, animation: AnimationOptions, names) -> list[str]:
+    """Those of `names` whose value is not the default."""
+    defaults = {**{f.name: f.default for f in dataclasses.fields(CommandOptions)},
+                **{f.name: f.default for f in dataclasses.fields(AnimationOptions)}}
+    values = {**dataclasses.asdict(command), **dataclasses.asdict(animation)}
+    return [name for name in names if values[name] != defaults[name]]
+
+
+def check_no_animation(command: CommandOptions, animation: AnimationOptions) -> None:
+    """Refuse options of sequences given to a single picture: they would do nothing."""
+    unused = _changed(command, animation, [f.name for f in dataclasses.fields(AnimationOptions)]
+                      + list(SEQUENCE_COMMAND_OPTIONS))
+    if unused:
+        raise UserError(f"--{unused[0]} is an option of zoom sequences and dreamed videos, and "
+                        "this command makes one picture; give --frames N or --input_video VIDEO "
+                        "with an --output_file ending in .mp4, .webm or .gif, or drop "
+                        f"--{unused[0]}.")
+
+
+def check_sequence(command: CommandOptions, animation: AnimationOptions) -> None:
+    """Refuse combinations of options that cannot make the sequence asked for."""
+    if command.input_video:
+        if command.initial_image:
+            raise UserError("--input_video and --initial_image both give the pictures to start "
+                            "from; give one of them.")
+        if animation.frames > 1:
+            raise UserError("--frames makes a zoom sequence; a dreamed video has the frames of "
+                            "--input_video (choose them with --start_frame and --end_frame).")
+        unused = _changed(command, animation, CAMERA_OPTIONS)
+        if unused:
+            raise UserError(f"--{unused[0]} moves the camera of a zoom sequence (--frames), not "
+                            "of a dreamed video; drop it.")
+        if command.end_frame is not None and command.end_frame < command.start_frame:
+            raise UserError(f"--end_frame {command.end_frame} comes before --start_frame "
+                            f"{command.start_frame}; give an --end_frame of at least "
+                            f"{command.start_frame}.")
+    else:
+        unused = _changed(command, animation, VIDEO_OPTIONS)
+        if unused:
+            raise UserError(f"--{unused[0]} is an option of dreamed videos; give --input_video "
+                            f"VIDEO, or drop --{unused[0]}.")
+
+
+def frame_settings(command: CommandOptions, options: DreamOptions, animation: AnimationOptions,
+                   seed: int) -> dict[str, object]:
+    """Every option that decides a frame's pixels, by name (files as absolute paths)."""
+    values = {**dataclasses.asdict(command), **dataclasses.asdict(options),
+              **dataclasses.asdict(animation), "seed": seed}
+    for name in ("deploy_txt", "caffe_model", "mean_image", "initial_image", "guide_image",
+                 "mask", "input_video"):
+        if values[name]:
+            values[name] = os.path.abspath(values[name])
+    return {name: value for name, value in values.items() if name not in NOT_RECORDED}
+
+
+def dream_frames(command: CommandOptions, options: DreamOptions, animation: AnimationOptions,
+                 argv: list[str]) -> int:
+    """A zoom sequence or a dreamed video: frames made one at a time, each written to the
+    frames folder and to the video as soon as it is finished."""
+    # Only sequences need PyAV and OpenCV, which take a while to import.
+    from fractions import Fraction
+
+    from cnnvis.animation import animate, dream_video
+    from cnnvis.frames import FrameStore, recorded_settings
+    from cnnvis.video import DEFAULT_FPS, VideoInput, check_video_output, video_writer
+
+    actions = parse_actions(command.iter_behavior)
+    output = Path(command.output_file)
+    check_sequence(command, animation)
+    check_video_output(output)
+    inputs = read_inputs(command, output)
+    with contextlib.ExitStack() as stack:
+        video = stack.enter_context(VideoInput(command.input_video)) if command.input_video else None
+        photo_size = video.size if video else None if inputs.photo is None else inputs.photo.shape[:2]
+        api.check_combinations(options, photo_size is not None or animation.frames > 1,
+                               inputs.guide is not None)
+        sizes = planned_sizes(command, options, inputs, photo_size)
+        device = select_device(command.gpu)
+        api.check_memory(sizes, device)
+
+        seed = command.seed
+        store_folder = output.with_name(f"{output.stem}_frames")
+        recorded = recorded_settings(store_folder) if command.resume else {}
+        if seed is None:
+            seed = next(iter(recorded.values()))["seed"] if recorded else api.new_seed()
+            argv = [*argv, "--seed", str(seed)]
+        model = load_model(command, inputs.mean_bgr, device)
+        png_text = recorded_text(model, seed, dataclasses.replace(command, seed=seed), argv)
+        store = FrameStore(output, command.output_depth, png_text,
+                           frame_settings(command, options, animation, seed))
+        if command.resume:
+            store.check_resumable()
+        store.check_writable()
+
+        if video and video.frame_count and command.start_frame > video.frame_count:
+            raise UserError(f"--start_frame {command.start_frame} is after the last frame of "
+                            f"{video.path} ({video.frame_count}); give at most "
+                            f"{video.frame_count}.")
+        if video:
+            last = command.end_frame or video.frame_count
+            total = None if last is None else max(last - command.start_frame + 1, 0)
+        else:
+            total = animation.frames
+        observer = ConsoleObserver(actions, output.with_suffix(".png"), command.output_depth,
+                                   png_text, total=total,
+                                   show_size=(command.show_width, command.show_height),
+                                   frames_folder=store.folder)
+        if "print" in actions:
+            print(describe_dream(command, options), file=sys.stderr)
+        keywords = dict(seed=seed, callback=observer.report, guide=inputs.guide, mask=inputs.mask,
+                        depth=command.output_depth, stored=store.stored if command.resume else None,
+                        **dataclasses.asdict(options), **dataclasses.asdict(animation))
+        if video:
+            sequence = dream_video(video.frames(command.start_frame, command.end_frame), model,
+                                   **keywords)
+        else:
+            sequence = animate(inputs.photo, model, **keywords)
+        fps = Fraction(command.fps).limit_denominator(1001) if command.fps else (
+            video.fps if video else DEFAULT_FPS)
+        sound_from = float((command.start_frame - 1) / video.fps) if video else 0.0
+
+        writer = stack.enter_context(video_writer(output, fps, video, sound_from))
+        stopped: BaseException | None = None
+        try:
+            for frame in sequence:
+                if frame.picture is not None:
+                    with signals_deferred():   # a signal now waits for the file to be complete
+                        store.save(frame.number, frame.rgb)
+                writer.write(frame.rgb)
+                observer.frame_done(frame.number)
+        except (UserError, KeyboardInterrupt) as stop:   # the finished frames make the video
+            stopped = stop
+        finally:
+            observer.close()
+        with signals_deferred():
+            stack.close()   # the video is complete and in place
+    if stopped is not None and writer.count == 0:
+        raise stopped   # nothing was made: as for a single picture
+    if writer.count == 0:
+        raise UserError(f"{video.path} has no frames from --start_frame {command.start_frame} on; "
+                        "give a --start_frame within the video.")
+    done = f"the {writer.count} finished frame(s) are in {store.folder} and {output}"
+    if isinstance(stopped, KeyboardInterrupt):
+        print(f"\ncnn-vis: interrupted; {done} (--resume continues).", file=sys.stderr)
+        return exit_status(stopped)
+    if isinstance(stopped, NonFiniteImage):
+        raise UserError(f"{stopped}; {done}. Lower --learning_rate (or the regularisation "
+                        "strengths) and run again with --resume.") from None
+    if stopped is not None:
+        raise UserError(f"{stopped}; {done}.") from None
+    print(f"wrote {output} ({writer.count} frames; each is also in {store.folder})",
+          file=sys.stderr)
     return 0
 
 

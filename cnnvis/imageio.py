@@ -237,10 +237,11 @@ def _write_error(target: Path, exc: OSError) -> UserError:
                      f"and the directory's permissions, or choose another output path")
 
 
-def check_writable_output(path: PathLike) -> None:
+def check_writable_output(path: PathLike, suffixes: tuple[str, ...] = (".png",)) -> None:
     """Fail fast, before any optimisation, if the output file could not be written.
 
-    The path must end in .png (the images are PNGs carrying their settings as text),
+    The path must end in one of `suffixes` (by default .png: the images are PNGs
+    carrying their settings as text),
     must not be a directory, and its directory must exist and accept new files;
     the last is probed by creating and removing a temporary file exactly as
     `atomic_write` will, which is more reliable than permission bits (read-only
@@ -251,7 +252,7 @@ def check_writable_output(path: PathLike) -> None:
         if target.is_dir():
             raise UserError(f"output file '{target}' is a directory; "
                             f"give a file name such as '{target / 'out.png'}'")
-        if target.suffix.lower() != ".png":
+        if target.suffix.lower() not in suffixes:
             raise UserError(f"output file '{target}' must end in .png (cnn-vis writes PNG "
                             f"images); use e.g. '{target.with_suffix('.png')}'")
         directory = target.parent

@@ -56,6 +56,7 @@ class Report:
     mean_gradients: dict[str, float]   # mean |gradient| of each term, averaged over regions
     step_mean: float
     step_median: float
+    frame: int | None = None           # the frame's number in a zoom sequence or video
 
 
 class Dream:

@@ -37,15 +37,20 @@ class ConsoleObserver:
     """
 
     def __init__(self, actions: list[str], output_file: Path, depth: int, png_text: dict[str, str],
-                 total_steps: int, show_size: tuple[float, float] = (5.0, 5.0)):
+                 total: int | None, show_size: tuple[float, float] = (5.0, 5.0),
+                 frames_folder: Path | None = None):
+        """`total` steps, or with `frames_folder` (a sequence's) frames, for the progress bar;
+        a frame's intermediate images go into `frames_folder`."""
         self.actions = actions
         self.output_file = Path(output_file)
         self.depth = depth
         self.png_text = png_text
         self.show_size = show_size
+        self.frames_folder = frames_folder
         # A progress bar only on a terminal: in a log file it would be a wall of updates.
-        self.bar = tqdm(total=total_steps, unit="step", file=sys.stderr,
-                        disable=not sys.stderr.isatty(), dynamic_ncols=True, leave=False)
+        self.bar = tqdm(total=total, unit="step" if frames_folder is None else "frame",
+                        file=sys.stderr, disable=not sys.stderr.isatty(), dynamic_ncols=True,
+                        leave=False)
         self.pixel_history: list[np.ndarray] = []   # one (4, 3) array of values per report
         self._figures: dict[str, object] = {}
         self._said_no_display = False
@@ -55,12 +60,15 @@ class ConsoleObserver:
         self.bar.set_description(f"size {size_index}", refresh=False)
         self.bar.update(1)
 
+    def frame_done(self, number: int) -> None:
+        self.bar.set_description(f"frame {number}", refresh=False)
+        self.bar.update(1)
+
     def report(self, report: Report) -> None:
         actions = {
             "print": lambda: self.bar.write(format_report(report), file=sys.stderr),
-            "save": lambda: save_png(
-                intermediate_path(self.output_file, report.size_index, report.step),
-                report.picture.rgb(self.depth), self.png_text),
+            "save": lambda: save_png(self._intermediate_path(report),
+                                     report.picture.rgb(self.depth), self.png_text),
             "plot_pix": lambda: self._plot_pixels_of(report),
             "show": lambda: self._draw("show", partial(_show_image, rgb=report.picture.rgb(),
                                                        report=report)),
@@ -73,6 +81,11 @@ class ConsoleObserver:
                 reason = error if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
                 self.bar.write(f"cnn-vis: '{action}' failed and is off for the rest of the run "
                                f"({reason}).", file=sys.stderr)
+
+    def _intermediate_path(self, report: Report) -> Path:
+        if report.frame is None:
+            return intermediate_path(self.output_file, report.size_index, report.step)
+        return self.frames_folder / f"{report.frame:06d}_{report.size_index}_{report.step}.png"
 
     def _plot_pixels_of(self, report: Report) -> None:
         self.pixel_history.append(tracked_pixel_values(report.picture.image))
@@ -152,7 +165,8 @@ def format_report(report: Report) -> str:
     image = report.picture.image
     height, width = image.shape[-2:]
     gradients = " ".join(f"{name}={value:.3g}" for name, value in report.mean_gradients.items())
-    return (f"size {report.size_index}/{report.num_sizes} {height}x{width} step {report.step}: "
+    frame = "" if report.frame is None else f"frame {report.frame} "
+    return (f"{frame}size {report.size_index}/{report.num_sizes} {height}x{width} step {report.step}: "
             f"objective={report.objective:.4g} p_loss={report.p_loss:.4g} tv_loss={report.tv_loss:.4g} | "
             f"|grad| {gradients} | step mean={report.step_mean:.3g} median={report.step_median:.3g} | "
             f"image mean={float(image.mean()):.3g} std={float(image.std()):.3g}")

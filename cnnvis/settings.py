@@ -24,12 +24,14 @@ GROUPS = ("CNN options", "Image options", "Initialization options", "Resize opti
           "Optimization options", "Layer amplification objective options",
           "P-norm regularization options", "Auxiliary p-norm regularization options",
           "Total Variation regularization options", "Output options",
-          "Model tools (each does its job and exits)")
+          "Animation options", "Model tools (each does its job and exits)")
 
 IMAGE_TYPES = ("amplify_layer", "amplify_neuron")
 BACKENDS = ("torch", "caffe")
 ACTIONS = ("print", "save", "show", "plot_pix")
 OUTPUT_DEPTHS = (8, 16)
+FLOWS = ("dis", "none")
+VIDEO_SUFFIXES = (".mp4", ".webm", ".gif")   # outputs that hold a sequence of frames
 
 
 @dataclass(frozen=True)
@@ -197,13 +199,48 @@ class DreamOptions:
     @classmethod
     def from_keywords(cls, options: dict[str, Any]) -> "DreamOptions":
         """DreamOptions from keyword arguments; an unknown name is a TypeError naming the closest."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        for name in options:
-            if name not in names:
-                close = difflib.get_close_matches(name, names, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else "; see help(cnnvis.DreamOptions)"
-                raise TypeError(f"unknown option '{name}'{hint}")
-        return cls(**options)
+        return options_from_keywords(options, cls)[0]
+
+
+@dataclass(frozen=True)
+class AnimationOptions:
+    """The options of zoom sequences and dreamed videos: the keywords that `cnnvis.animate`
+    and `cnnvis.dream_video` take beside the `DreamOptions`."""
+
+    frames: int = option(1, int, "frames of a zoom sequence: frame 1 is the usual picture, each "
+                         "later one dreams on the previous one moved by --zoom, --rotate and "
+                         "--pan (at most 1000000)", GROUPS[10], minimum=1, maximum=1_000_000)
+    zoom: float = option(1.0, float, "scale per frame about the centre: above 1 zooms in (at "
+                         "most 10)", GROUPS[10], minimum=0, above=True, maximum=10)
+    rotate: float = option(0.0, float, "degrees per frame, anticlockwise", GROUPS[10],
+                           minimum=-180, maximum=180)
+    pan: str = option("0,0", str, "DX,DY: pixels per frame that the picture moves right and "
+                      "down", GROUPS[10], metavar="DX,DY")
+    frame_steps: int | None = option(None, int, "steps of each frame after the first, at the "
+                                     "final size (default: --num_steps)", GROUPS[10], minimum=1)
+    blend: float = option(0.5, float, "dreamed video: share of the previous frame's dream "
+                          "(its output minus its input) carried into the next frame, 0 to 1",
+                          GROUPS[10], minimum=0, maximum=1)
+    flow: str = option("dis", str, "dreamed video: how the previous dream follows the motion: "
+                       "OpenCV's DIS optical flow, or none (each frame dreamed on its own)",
+                       GROUPS[10], choices=FLOWS)
+
+    def __post_init__(self):
+        _check_fields(self)
+
+
+def options_from_keywords(options: dict[str, Any], *classes) -> tuple:
+    """One instance of each options class from keyword arguments (each takes its own
+    names); an unknown name is a TypeError naming the closest known one."""
+    names = [f.name for cls in classes for f in dataclasses.fields(cls)]
+    for name in options:
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = (f"; did you mean '{close[0]}'?" if close
+                    else f"; see help(cnnvis.{classes[0].__name__})")
+            raise TypeError(f"unknown option '{name}'{hint}")
+    return tuple(cls(**{f.name: options[f.name] for f in dataclasses.fields(cls) if f.name in options})
+                 for cls in classes)
 
 
 @dataclass(frozen=True)
@@ -233,7 +270,8 @@ class CommandOptions:
     seed: int | None = option(None, int, "random seed (default: a fresh one, recorded in the "
                               "output PNG)", GROUPS[2], minimum=0,
                               maximum=2 ** 63 - 1)  # what torch's generator takes
-    output_file: str = option("out.png", str, "the PNG to write", GROUPS[9])
+    output_file: str = option("out.png", str, "the PNG to write; for a zoom sequence or a "
+                              "dreamed video a .mp4, .webm or .gif", GROUPS[9])
     output_depth: int = option(8, int, "bits per channel of the PNGs written", GROUPS[9],
                                choices=OUTPUT_DEPTHS)
     iter_behavior: str = option("save+print", str, "actions every output_iter steps, joined "
@@ -244,16 +282,27 @@ class CommandOptions:
                                 maximum=100)
     replay: str | None = option(None, str, "run again the command recorded in a PNG that cnn-vis "
                                 "wrote (same seed); options given beside it apply last",
-                                GROUPS[10], metavar="PNG")
+                                GROUPS[11], metavar="PNG")
     classify: str | None = option(None, str, "print the model's top 5 classes for IMAGE",
-                                  GROUPS[10], metavar="IMAGE")
-    list_models: bool = option(False, bool, "list the model presets", GROUPS[10])
+                                  GROUPS[11], metavar="IMAGE")
+    list_models: bool = option(False, bool, "list the model presets", GROUPS[11])
     list_layers: bool = option(False, bool, "list the model's targetable blobs with their shapes "
-                               "(needs no weights)", GROUPS[10])
+                               "(needs no weights)", GROUPS[11])
     download: str | None = option(None, str, "download a preset's weights ahead of time",
-                                  GROUPS[10], metavar="NAME")
+                                  GROUPS[11], metavar="NAME")
     debug: bool = option(False, bool, "show tracebacks for errors (also CNN_VIS_DEBUG=1)",
-                         GROUPS[10])
+                         GROUPS[11])
+    input_video: str | None = option(None, str, "video to dream frame by frame, each at its own "
+                                     "size (or --final_size)", GROUPS[10], metavar="VIDEO")
+    start_frame: int = option(1, int, "first frame of --input_video to dream (from 1)",
+                              GROUPS[10], minimum=1)
+    end_frame: int | None = option(None, int, "last frame of --input_video to dream (default: "
+                                   "its last)", GROUPS[10], minimum=1)
+    fps: float | None = option(None, float, "frames per second of the output video (default: "
+                               "the input video's, else 24; at most 1000)", GROUPS[10], minimum=0,
+                               above=True, maximum=1000)
+    resume: bool = option(False, bool, "reuse the frames already in {stem}_frames/ that this "
+                          "same command made, and make the rest", GROUPS[10])
 
     def __post_init__(self):
         _check_fields(self)

@@ -78,3 +78,21 @@ def test_beyond_script_runs_with_quick_overrides(script, inputs, tmp_path):
     assert result.returncode == 0, result.stderr
     with Image.open(out) as image:
         assert image.size == (451, 300)
+
+
+ANIMATIONS = sorted((ROOT / "examples").glob("animation_*.sh"))
+
+
+@pytest.mark.parametrize("script", ANIMATIONS, ids=lambda p: p.stem)
+def test_animation_script_runs_with_quick_overrides(script, inputs, tmp_path):
+    out = tmp_path / "out.gif"
+    few_frames = ["--frames", "2"] if "zoom" in script.stem else ["--end_frame", "2"]
+    quick = ["--model", "efficientnet_lite0", "--gpu", "-1", "--num_steps", "1",
+             "--frame_steps", "1", "--iter_behavior", "", "--seed", "0", "--output_file",
+             str(out), *few_frames]
+    result = subprocess.run(["bash", str(script), *quick], cwd=tmp_path, capture_output=True,
+                            text=True, env={**os.environ, "PYTHON": sys.executable}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    with Image.open(out) as gif:
+        assert gif.n_frames == 2
+    assert len(list((tmp_path / "out_frames").glob("*.png"))) == 2

@@ -1,0 +1,288 @@
+"""Videos in and out, one frame at a time (PyAV, FFmpeg's libraries): memory does not grow
+with a video's length.
+
+The output is written as every output is: into a hidden temporary file beside it,
+renamed over the target only once complete (`cnnvis.imageio.atomic_write`). An input's
+sound is copied into the output unchanged where the output's container can hold it,
+and re-encoded (AAC in MP4, Opus in WebM) where it cannot.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image
+
+from cnnvis.errors import UserError
+from cnnvis.files import open_input
+from cnnvis.imageio import PathLike, atomic_write, check_writable_output
+from cnnvis.settings import VIDEO_SUFFIXES
+
+# Output suffix -> (FFmpeg container, video encoder, its options, audio codecs the
+# container takes as they are, the audio encoder for any other).
+CONTAINERS = {
+    ".mp4": ("mp4", "libx264", {"crf": "18", "preset": "medium"},
+             {"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"}, "aac"),
+    ".webm": ("webm", "libvpx-vp9", {"crf": "30", "b": "0", "row-mt": "1"},
+              {"opus", "vorbis"}, "libopus"),
+}
+DEFAULT_FPS = Fraction(24)
+
+
+def check_video_output(path: PathLike) -> None:
+    """Refuse, before any work, an output of frames that cnn-vis cannot write."""
+    target = Path(path)
+    if target.suffix.lower() not in VIDEO_SUFFIXES:
+        raise UserError(f"output file '{target}' must end in {', '.join(VIDEO_SUFFIXES)} for a "
+                        f"zoom sequence or a dreamed video; use e.g. '{target.with_suffix('.mp4')}'")
+    check_writable_output(target, VIDEO_SUFFIXES)
+
+
+class VideoInput:
+    """A video file opened for reading: its frame rate, size, frame count where the file
+    says it, and its frames as uint8 RGB (H, W, 3), decoded one at a time.
+
+    Every problem with the file is a UserError naming it; a video whose first frame
+    cannot be decoded is refused when opened, before any work.
+    """
+
+    def __init__(self, path: PathLike):
+        self.path = Path(path)
+        self._file = open_input(path, "video", "--input_video")
+        try:
+            self._container = av.open(self._file, mode="r")
+            if self._container.format.name == "image2" or self._container.format.name.endswith("_pipe"):
+                raise UserError(f"'{path}' (--input_video) is a still image, not a video; give "
+                                "it with --initial_image (with --frames N for a zoom sequence)")
+            if not self._container.streams.video:
+                raise self._no_frames()
+            stream = self._container.streams.video[0]
+            stream.thread_type = "AUTO"
+            self.fps: Fraction = Fraction(stream.average_rate or stream.guessed_rate or DEFAULT_FPS)
+            self.frame_count: int | None = stream.frames or None
+            self.has_audio = bool(self._container.streams.audio)
+            first = next(self.frames(1, 1), None)
+        except av.FFmpegError as error:
+            self.close()
+            raise self._error(error) from None
+        except BaseException:
+            self.close()
+            raise
+        if first is None:
+            self.close()
+            raise self._no_frames()
+        self.size: tuple[int, int] = first[1].shape[:2]   # (height, width)
+
+    def frames(self, start: int, end: int | None) -> Iterator[tuple[int, np.ndarray]]:
+        """(number from 1, uint8 RGB (H, W, 3)) of frames start..end."""
+        self._container.seek(0)
+        stream = self._container.streams.video[0]
+        try:
+            for number, frame in enumerate(self._container.decode(stream), start=1):
+                if end is not None and number > end:
+                    return
+                if number >= start:
+                    yield number, frame.to_ndarray(format="rgb24")
+        except av.FFmpegError as error:
+            raise self._error(error) from None
+
+    def _no_frames(self) -> UserError:
+        return UserError(f"'{self.path}' (--input_video) has no video frames; give a video file "
+                         "that has some (an MP4, WebM, MOV or AVI)")
+
+    def _error(self, error: Exception) -> UserError:
+        return UserError(f"cannot read video '{self.path}' (--input_video): not a video FFmpeg "
+                         f"can decode, or damaged ({error}); give an MP4, WebM, MOV or AVI file, "
+                         "or re-export it")
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._container.close()
+        self._file.close()
+
+    def __enter__(self) -> "VideoInput":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def eight_bits(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB of a uint8 or uint16 RGB frame (what videos and GIFs hold)."""
+    if rgb.dtype == np.uint8:
+        return rgb
+    return np.rint(rgb / 257.0).astype(np.uint8)
+
+
+@contextlib.contextmanager
+def video_writer(path: PathLike, fps: Fraction, sound: VideoInput | None = None,
+                 sound_from: float = 0.0) -> Iterator["VideoWriter | GifWriter"]:
+    """A writer of frames into `path` (.mp4, .webm or .gif), which appears only when the
+    block ends, holding every frame written (none at all: no file). `sound`: a video whose audio, from
+    `sound_from` seconds on, goes with the frames."""
+    with contextlib.suppress(_NoFrames), atomic_write(path) as file:
+        if Path(path).suffix.lower() == ".gif":
+            writer = GifWriter(file, fps)
+        else:
+            writer = VideoWriter(file, Path(path).suffix.lower(), fps, sound, sound_from)
+        try:
+            yield writer
+        except BaseException:
+            writer.abandon()
+            raise
+        if writer.count == 0:   # nothing to show: no file, and an older one stays
+            writer.abandon()
+            raise _NoFrames
+        writer.finish()
+
+
+class _NoFrames(Exception):
+    pass
+
+
+class VideoWriter:
+    """Frames encoded as they come (H.264 or VP9, yuv420p), with the input's sound
+    interleaved up to the time of the last frame."""
+
+    def __init__(self, file, suffix: str, fps: Fraction, sound: VideoInput | None,
+                 sound_from: float):
+        self.format, self.codec, self.codec_options, self.copyable, self.audio_codec = \
+            CONTAINERS[suffix]
+        self.fps = Fraction(fps).limit_denominator(1001)
+        self._container = av.open(file, mode="w", format=self.format)
+        self._stream = None
+        self._sound = _Sound(sound, sound_from, self.copyable, self.audio_codec) if (
+            sound is not None and sound.has_audio) else None
+        self.count = 0
+
+    def write(self, rgb: np.ndarray) -> None:
+        """Append a frame (uint8 or uint16 RGB); the first frame decides the video's size,
+        cropped to even sides (yuv420p halves the colour resolution)."""
+        rgb = eight_bits(rgb)
+        if self._stream is None:
+            self._open(rgb.shape[0] // 2 * 2, rgb.shape[1] // 2 * 2)
+        frame = av.VideoFrame.from_ndarray(
+            np.ascontiguousarray(rgb[:self._stream.height, :self._stream.width]), format="rgb24")
+        frame.pts = self.count
+        self._container.mux(self._stream.encode(frame))
+        self.count += 1
+        if self._sound is not None:
+            self._sound.copy_frames(self.count)
+
+    def _open(self, height: int, width: int) -> None:
+        self._stream = self._container.add_stream(self.codec, rate=self.fps)
+        self._stream.width, self._stream.height = width, height
+        self._stream.pix_fmt = "yuv420p"
+        self._stream.options = dict(self.codec_options)
+        if self._sound is not None:
+            self._sound.add_stream(self._container)
+
+    def finish(self) -> None:
+        if self._stream is not None:
+            self._container.mux(self._stream.encode(None))
+            if self._sound is not None:
+                self._sound.finish()
+        self._container.close()
+
+    def abandon(self) -> None:
+        with contextlib.suppress(Exception):
+            self._container.close()
+
+
+class _Sound:
+    """The audio of an input video, copied (or re-encoded) into an output container
+    from `start` seconds on, as far as the input frames that were written reach (at
+    another --fps than the input's, the sound keeps its own speed)."""
+
+    def __init__(self, source: VideoInput, start: float, copyable: set[str], encoder: str):
+        self._frame_seconds = 1 / source.fps
+        self._container = av.open(str(source.path), mode="r")
+        self._input = self._container.streams.audio[0]
+        self._copy = self._input.codec_context.name in copyable
+        self._encoder = encoder
+        self._start = start
+        self._packets = self._container.demux(self._input)
+        self._pending = None       # the packet read but not yet due
+        self._output = None
+        self._resampler = None
+
+    def add_stream(self, container) -> None:
+        if self._copy:
+            self._output = container.add_stream_from_template(self._input)
+        else:
+            rate = self._input.codec_context.sample_rate
+            rate = 48000 if self._encoder == "libopus" else rate
+            self._output = container.add_stream(self._encoder, rate=rate)
+            self._output.layout = self._input.codec_context.layout.name
+            self._resampler = av.AudioResampler(format=self._output.format,
+                                                layout=self._output.layout, rate=rate)
+        self._target = container
+
+    def copy_frames(self, count: int) -> None:
+        """Write the input's audio as far as `count` frames from the start reach."""
+        seconds = count * self._frame_seconds
+        time_base = self._input.time_base
+        offset = round(self._start / time_base) if self._start > 0 else 0
+        while True:
+            packet = self._pending or next(self._packets, None)
+            self._pending = None
+            if packet is None:
+                return
+            if packet.pts is None:       # the demuxer's end-of-stream marker
+                continue
+            if packet.pts * time_base < self._start:
+                continue
+            if (packet.pts - offset) * time_base >= seconds:
+                self._pending = packet
+                return
+            self._write(packet, offset)
+
+    def _write(self, packet, offset: int) -> None:
+        if self._copy:
+            packet.pts -= offset
+            if packet.dts is not None:
+                packet.dts -= offset
+            packet.stream = self._output
+            self._target.mux(packet)
+            return
+        for frame in packet.decode():
+            frame.pts = None
+            for resampled in self._resampler.resample(frame):
+                self._target.mux(self._output.encode(resampled))
+
+    def finish(self) -> None:
+        if self._pending is not None:
+            self._pending = None   # the frames end here: the rest of the sound is left out
+        if not self._copy:
+            self._target.mux(self._output.encode(None))
+        self._container.close()
+
+
+class GifWriter:
+    """An animated GIF, looping, each frame with its own adaptive palette. Pillow writes
+    it at the end and keeps the frames until then (one byte per pixel each): GIFs are
+    for short, small animations."""
+
+    def __init__(self, file, fps: Fraction):
+        self._file = file
+        self._duration_ms = round(1000 / float(fps))
+        self._frames: list[Image.Image] = []
+        self.count = 0
+
+    def write(self, rgb: np.ndarray) -> None:
+        self._frames.append(Image.fromarray(eight_bits(rgb)).quantize(
+            colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG))
+        self.count += 1
+
+    def finish(self) -> None:
+        if self._frames:
+            self._frames[0].save(self._file, format="GIF", save_all=True, loop=0,
+                                 append_images=self._frames[1:], duration=self._duration_ms,
+                                 optimize=False)
+
+    def abandon(self) -> None:
+        self._frames.clear()

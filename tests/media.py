@@ -1,0 +1,70 @@
+"""Small videos for the tests, made with PyAV: a textured square moving over a still
+textured background, with a sine tone."""
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+SAMPLE_RATE = 44100
+
+
+def moving_square_frames(count: int, size: tuple[int, int], speed: int, side: int = 20,
+                         seed: int = 0) -> list[np.ndarray]:
+    """uint8 RGB frames (H, W, 3): a square of random texture that moves `speed` pixels
+    right per frame over a dimmer random texture."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    background = (rng.integers(0, 256, (height, width, 3)) * 0.5).astype(np.uint8)
+    texture = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+    top = (height - side) // 2
+    frames = []
+    for index in range(count):
+        frame = background.copy()
+        left = 2 + speed * index
+        frame[top:top + side, left:left + side] = texture
+        frames.append(frame)
+    return frames
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: int = 10, tone: bool = True,
+                codec: str = "libx264") -> Path:
+    """An MP4 (H.264, near-lossless) of `frames`, with a 440 Hz AAC tone as long as the frames."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv444p" if codec == "libx264" else "yuv420p"
+        stream.options = {"crf": "0"} if codec == "libx264" else {}
+        audio = container.add_stream("aac", rate=SAMPLE_RATE) if tone else None
+        for index, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+        if audio is not None:
+            seconds = Fraction(len(frames), fps)
+            t = np.arange(int(SAMPLE_RATE * seconds)) / SAMPLE_RATE
+            samples = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+            for start in range(0, len(samples), 1024):
+                chunk = av.AudioFrame.from_ndarray(samples[None, start:start + 1024], format="flt",
+                                                   layout="mono")
+                chunk.sample_rate, chunk.pts = SAMPLE_RATE, start
+                container.mux(audio.encode(chunk))
+            container.mux(audio.encode(None))
+    return path
+
+
+def read_video(path: Path) -> tuple[list[np.ndarray], Fraction, float | None]:
+    """(uint8 RGB frames, frame rate, audio duration in seconds or None) of a video file."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        rate = stream.average_rate
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            return frames, rate, None
+        audio = container.streams.audio[0]
+        samples = sum(frame.samples for frame in container.decode(audio))
+        return frames, rate, samples / audio.codec_context.sample_rate
