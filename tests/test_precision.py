@@ -108,3 +108,18 @@ def test_tiles_per_run_follow_the_free_gpu_memory():
     assert tiles_per_run_for_memory(per_tile // 2, per_tile) == 1     # never none
     assert tiles_per_run_for_memory(10 ** 15, per_tile) == 512        # capped
     assert tiles_per_run_for_memory(10 ** 15, per_tile, most=64) == 64
+
+
+def test_the_device_side_finiteness_watch_keeps_the_last_finite_image():
+    """The GPU's way (no host read but on report steps), run on CPU tensors."""
+    from cnnvis.finiteness import LastFinite
+    image = torch.zeros(1, 3, 2, 2)
+    watch = LastFinite(image)
+    watch.on_device = True
+    watch.kept, watch.finite, watch.first_bad = image.clone(), torch.tensor(True), torch.tensor(0)
+    for step, value in enumerate([1.0, 2.0, float("nan"), 4.0], start=1):
+        watch.before_step(image)
+        image = torch.full_like(image, value)
+        assert watch.check(image, step, read=False) is None
+    assert watch.check(image, 5, read=True) == 3
+    assert (watch.kept == 2.0).all()
