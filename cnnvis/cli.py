@@ -514,7 +514,8 @@ def load_model(command: CommandOptions, mean_bgr=None, device: torch.device | No
         keep_freed_memory()
     return api.load_model(command.model, deploy_txt=command.deploy_txt,
                           caffe_model=command.caffe_model, device=device,
-                          backend=command.backend, mean_bgr=mean_bgr)
+                          backend=command.backend, mean_bgr=mean_bgr,
+                          precision=command.precision)
 
 
 # --------------------------------------------------------------------------- model tools

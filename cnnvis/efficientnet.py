@@ -209,6 +209,10 @@ class EfficientNetLite0(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
+    def full_precision_modules(self) -> list[nn.Module]:
+        """What stays float32 when the engine runs in reduced precision (`cnnvis.engine`)."""
+        return [self._conv_stem, self._bn0]
+
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu6(self._bn0(self._conv_stem(x)))  # (N, 32, H/2, W/2)
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnvis.errors import NonFiniteImage
+from cnnvis.finiteness import LastFinite
 from cnnvis.model import VisModel
 from cnnvis.objectives import Objective
 from cnnvis.pixels import Picture, resize_grey, resize_rgb, rgb_to_image
@@ -118,9 +119,10 @@ class Dream:
         # (no two regions of a layer overlap), so that it can roll with the pixels.
         caches = torch.zeros((4, 3, height, width), device=self.image.device)
         learning_rate, tv_reg = s.learning_rate, s.tv_reg
+        watch = LastFinite(self.image)
         for step in range(1, s.num_steps + 1):
             stats = StepStats() if self.callback and step % s.output_iter == 0 else None
-            previous = self.image.clone()
+            watch.before_step(self.image)
             shift = self._jitter_shift()
             if shift:
                 self.image, caches, anchor, mask = _rolled((self.image, caches, anchor, mask), shift)
@@ -133,9 +135,11 @@ class Dream:
                     back = (-shift[0], -shift[1])
                     self.image, caches, anchor, mask = _rolled((self.image, caches, anchor, mask),
                                                                back)
-            if not bool(torch.isfinite(self.image).all()):
-                self.image = previous
-                raise NonFiniteImage(f"the image became non-finite at step {step} of size "
+            bad_step = watch.check(self.image, step, read=step % s.output_iter == 0
+                                   or step == s.num_steps)
+            if bad_step is not None:
+                self.image = watch.kept
+                raise NonFiniteImage(f"the image became non-finite at step {bad_step} of size "
                                      f"{size_index}")
             if step % s.tv_reg_step_iter == 0:
                 tv_reg += s.tv_reg_step

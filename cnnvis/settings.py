@@ -28,6 +28,7 @@ GROUPS = ("CNN options", "Image options", "Initialization options", "Resize opti
 
 IMAGE_TYPES = ("amplify_layer", "amplify_neuron")
 BACKENDS = ("torch", "caffe")
+PRECISIONS = ("fp32", "bf16", "fp16")
 ACTIONS = ("print", "save", "show", "plot_pix")
 OUTPUT_DEPTHS = (8, 16)
 FLOWS = ("dis", "none")
@@ -259,6 +260,10 @@ class CommandOptions:
     backend: str = option("torch", str, "engine for the CNN: PyTorch, or real Caffe (pycaffe, "
                           "optional; scripts/install_pycaffe.sh installs it)", GROUPS[0],
                           choices=BACKENDS)
+    precision: str = option("fp32", str, "number type of the network's work (the image and "
+                            "the optimiser stay fp32): bf16 on CPUs with AVX-512 BF16 and on "
+                            "CUDA, fp16 on CUDA; faster, less exact gradients", GROUPS[0],
+                            choices=PRECISIONS)
     initial_image: str | None = option(None, str, "image to start from (default: smoothed noise)",
                                        GROUPS[2])
     guide_image: str | None = option(

@@ -21,7 +21,7 @@ from cnnvis.efficientnet import (EFFICIENTNET_LITE0_DEFAULT_LAYER, EfficientNetL
                                  googlenet_counterpart, load_efficientnet_lite0)
 from cnnvis.errors import UserError
 from cnnvis.googlenet import googlenet_deploy
-from cnnvis.engine import TorchEngine
+from cnnvis.engine import TorchEngine, check_precision
 from cnnvis.model import InputConvention, VisModel
 from cnnvis.network import BlobNetwork
 from cnnvis.pycaffe_engine import load_caffe_engine
@@ -158,23 +158,29 @@ def architecture(model: ModelPreset, seed: int = 0) -> BlobNetwork:
 
 def load_model(name: str = DEFAULT_MODEL, deploy_txt: str | None = None,
                caffe_model: str | None = None, mean_bgr: tuple[float, float, float] | None = None,
-               device: torch.device = torch.device("cpu"), backend: str = "torch") -> VisModel:
+               device: torch.device = torch.device("cpu"), backend: str = "torch",
+               precision: str = "fp32") -> VisModel:
     """The network of preset `name`, or of explicit Caffe files, ready for cnn-vis.
 
     `deploy_txt`/`caffe_model` replace the preset's architecture/weights; `mean_bgr`
     (from --mean_image) replaces its mean colour. Missing preset weights are downloaded.
     `backend` is the engine: "torch" (PyTorch) or "caffe" (real Caffe, Caffe models only).
+    `precision` is the PyTorch engine's number type (`cnnvis.engine.check_precision`).
     """
     model = preset(name)
     own_network = deploy_txt is not None   # the preset's blob names may not apply to it
     if backend not in BACKENDS:
         raise UserError(f"unknown backend '{backend}'; --backend takes one of: {', '.join(BACKENDS)}.")
+    if backend == "caffe" and precision != "fp32":
+        raise UserError(f"--precision {precision}: --backend caffe computes in fp32 only; use "
+                        "--precision fp32 with it, or --backend torch.")
+    check_precision(precision, device)
     if model.pytorch_network is not None and deploy_txt is None and caffe_model is None:
         if backend == "caffe":
             raise UserError(f"--backend caffe runs Caffe models only, and {model.name} is a "
                             "PyTorch network; use --backend torch with it, or a Caffe model "
                             f"(--model {DEFAULT_MODEL}, or --deploy_txt with --caffe_model).")
-        engine = TorchEngine(model.pytorch_network(True), device)
+        engine = TorchEngine(model.pytorch_network(True), device, precision)
     else:
         old_files = _caffe_root_files(model)
         deploy_txt = deploy_txt or (old_files[0] if old_files else None)
@@ -188,7 +194,8 @@ def load_model(name: str = DEFAULT_MODEL, deploy_txt: str | None = None,
                                        caffe_model, device)
         else:
             net = read_prototxt(deploy_txt) if deploy_txt else googlenet_deploy(model.num_classes)
-            engine = TorchEngine(CaffeNet(net, read_caffemodel(caffe_model)).eval(), device)
+            engine = TorchEngine(CaffeNet(net, read_caffemodel(caffe_model)).eval(), device,
+                                 precision)
     return VisModel(engine, name=model.name, mean_bgr=mean_bgr or model.mean_bgr,
                     convention=model.convention, labels=labels(model), device=device,
                     default_layer=model.default_layer,

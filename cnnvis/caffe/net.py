@@ -63,6 +63,7 @@ class CaffeNet(torch.nn.Module):
         versions: dict[str, int] = {self.input_name: 0}
         shapes: dict[BlobVersion, tuple[int, ...]] = {(self.input_name, 0): (1,) + self.input_shape}
         self.layers = torch.nn.ModuleList()
+        self.layer_types: list[str] = []
         self._steps: list[_Step] = []
         self.blob_names: list[str] = []
         for layer in layers:
@@ -99,6 +100,7 @@ class CaffeNet(torch.nn.Module):
                 if name not in self.blob_names and name != self.input_name:
                     self.blob_names.append(name)
             self.layers.append(CaffeLayer(layer.name, op, buffers))
+            self.layer_types.append(layer.type)
             self._steps.append(_Step(len(self.layers) - 1, bottoms, tops))
         self._final: dict[str, BlobVersion] = {name: (name, v) for name, v in versions.items()}
         # Each blob's shape for one image, as the layers' builders computed it.
@@ -146,6 +148,17 @@ class CaffeNet(torch.nn.Module):
                     "Download it again, or pass the right file with --caffe_model.")
             blobs.append(torch.from_numpy(values.reshape(spec.shape)))
         return blobs
+
+    def full_precision_modules(self) -> list[torch.nn.Module]:
+        """What stays float32 when the engine runs in reduced precision: the first layer with
+        weights and the BatchNorm and Scale layers right after it (`cnnvis.engine`)."""
+        kept = []
+        for layer, kind in zip(self.layers, self.layer_types):
+            if kept and kind not in ("BatchNorm", "Scale"):
+                break
+            if kept or layer.num_blobs:
+                kept.append(layer)
+        return kept
 
     def _plan(self, targets: tuple[str, ...]) -> list[_Step]:
         """The steps that the targets' final values depend on, in network order."""
