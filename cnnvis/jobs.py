@@ -196,16 +196,22 @@ def image_files(source: str) -> list[Path] | None:
     """The images of a folder (its files whose suffix is an image format's) or of a glob
     pattern, sorted; None when `source` is neither (a single image file)."""
     path = Path(source)
-    if path.is_dir():
+    try:
+        is_dir, exists = path.is_dir(), path.exists()
+    except OSError:   # e.g. a name too long: reading it as an image says what is wrong
+        return None
+    if is_dir:
         found = sorted(p for p in path.iterdir()
                        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    elif not path.exists() and glob.has_magic(source):
+        what = "is a directory with no images in it"
+    elif not exists and glob.has_magic(source):
         found = sorted(Path(p) for p in glob.glob(source) if Path(p).is_file())
+        what = "matches no files"
     else:
         return None
     if not found:
-        raise UserError(f"--initial_image '{source}' holds no images; give a folder of PNG or "
-                        "JPEG images, or a pattern such as 'photos/*.jpg'.")
+        raise UserError(f"--initial_image '{source}' {what}; give the path of a file, a folder "
+                        "of PNG or JPEG images, or a pattern such as 'photos/*.jpg'.")
     return found
 
 
