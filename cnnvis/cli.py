@@ -28,7 +28,8 @@ from cnnvis.console import exit_status, guarded_process, signals_deferred
 from cnnvis.engine import keep_freed_memory
 from cnnvis.errors import Interrupted, NonFiniteImage, UserError
 from cnnvis.files import open_input, same_file
-from cnnvis.imageio import check_writable_output, load_mean_colour, load_rgb, save_png
+from cnnvis.imageio import (check_writable_output, load_mean_colour, load_rgb, make_folder,
+                            save_png)
 from cnnvis.jobfiles import recorded, same_settings, save_contact_sheet, save_job_png, save_sidecar
 from cnnvis.model import VisModel
 from cnnvis.pixels import Picture
@@ -450,7 +451,7 @@ def dream_jobs(command: CommandOptions, options: DreamOptions, neurons: str | No
                 failed.append(result.job.name)
                 bar.write(f"cnn-vis: {result.job.name} failed: {result.error}", file=sys.stderr)
             else:
-                _make_folder(folder)
+                make_folder(folder, "the folder for the pictures")
                 with signals_deferred():   # a signal now waits for the file to be complete
                     save_job_png(paths[k], result.rgb, texts[k], settings[k], result.objective)
                 objectives[k] = result.objective
@@ -487,14 +488,6 @@ def dream_jobs(command: CommandOptions, options: DreamOptions, neurons: str | No
                         "command again: it makes only the missing pictures.")
     print(f"wrote {written}", file=sys.stderr)
     return 0
-
-
-def _make_folder(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot create the folder '{folder}': {error.strerror or error}; check "
-                        "the permissions, or choose another --output_file.") from None
 
 
 # --------------------------------------------------------------------------- sequences
