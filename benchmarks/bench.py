@@ -752,6 +752,24 @@ def section_large_memory(device: torch.device, work: Path, hundred_megapixels: b
 # --------------------------------------------------------------------------- main
 
 
+def section_large_jobs(steps: int = 12, neurons: int = 16) -> None:
+    """A 16-neuron atlas of efficientnet_lite0 (weights installed with cnn-vis), one job
+    after the other and in two local workers with the CPU threads split between them, in
+    jobs per second, start-up and model loading included (what a user waits for)."""
+    layer = "stage3/block2"
+    spec = cnnvis.ModelSpec("efficientnet_lite0", device="cpu", keep_freed_memory=True)
+    rates = {}
+    for workers in (1, 2):
+        started = time.perf_counter()
+        results = list(cnnvis.atlas(None, spec, neurons=list(range(neurons)), seed=0,
+                                    workers=workers, target_layer=layer, num_steps=steps))
+        assert not any(result.error for result in results)
+        rates[workers] = len(results) / (time.perf_counter() - started)
+    print(f"[jobs] {neurons}-neuron atlas, efficientnet_lite0 {layer}, 224x224, {steps} steps, "
+          f"{torch.get_num_threads()} threads: {rates[1]:.3f} jobs/s serially, {rates[2]:.3f} "
+          f"with --workers 2 ({rates[2] / rates[1]:.2f}x)", flush=True)
+
+
 def benchmark_device(device: torch.device, timer: Timer, caffemodel: Path, steps: int,
                      work: Path) -> DeviceSummary:
     """Sections [1]-[4] on one device."""
@@ -807,6 +825,7 @@ def main() -> None:
         section_caffe(prototxt, caffemodel, Timer(repeats, warmup, torch.device("cpu")),
                       summaries[0], devices[0])
 
+    section_large_jobs()
     print(f"\nload average {load_average()}; "
           f"the benchmark took {time.perf_counter() - started:.0f} s")
     print("bf16_speedup_vs_fp32: "

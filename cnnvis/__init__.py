@@ -18,6 +18,8 @@ _PUBLIC = {
     "keep_freed_memory": "cnnvis.engine",
     "animate": "cnnvis.animation", "dream_video": "cnnvis.animation", "Frame": "cnnvis.animation",
     "AnimationOptions": "cnnvis.settings",
+    "atlas": "cnnvis.jobs", "run_jobs": "cnnvis.jobs", "Job": "cnnvis.jobs",
+    "JobResult": "cnnvis.jobs", "ModelSpec": "cnnvis.jobs",
 }
 __all__ = list(_PUBLIC)
 

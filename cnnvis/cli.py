@@ -21,17 +21,19 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from cnnvis import api, zoo
+from cnnvis import api, jobs, zoo
 from cnnvis.caffe import CaffeNet, read_prototxt
 from cnnvis.caffe.net import network_input
 from cnnvis.console import exit_status, guarded_process, signals_deferred
 from cnnvis.engine import keep_freed_memory
 from cnnvis.errors import Interrupted, NonFiniteImage, UserError
 from cnnvis.files import open_input, same_file
-from cnnvis.imageio import check_writable_output, load_mean_colour, load_rgb, save_png
+from cnnvis.imageio import (check_writable_output, load_mean_colour, load_rgb, make_folder,
+                            save_png)
+from cnnvis.jobfiles import recorded, same_settings, save_contact_sheet, save_job_png, save_sidecar
 from cnnvis.model import VisModel
 from cnnvis.pixels import Picture
-from cnnvis.report import ConsoleObserver
+from cnnvis.report import ConsoleObserver, progress_bar
 from cnnvis.settings import (ACTIONS, GROUPS, VIDEO_SUFFIXES, AnimationOptions, CommandOptions,
                              DreamOptions, option_settings)
 
@@ -76,17 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_arguments(argv: list[str]) -> tuple[CommandOptions, DreamOptions, AnimationOptions,
-                                              list[str]]:
-    """The command's options, the dream's, the animation's, and the argv they came from
-    (with --replay expanded into the recorded command)."""
+                                              str | None, list[str]]:
+    """The command's options, the dream's, the animation's, --target_neuron's list when it
+    is one (an atlas), and the argv they came from (with --replay expanded into the
+    recorded command)."""
     namespace = build_parser().parse_args(_negative_values_attached(argv))
     replay = namespace.replay
     if replay:
         argv = replay_argv(replay, argv)
         namespace = build_parser().parse_args(_negative_values_attached(argv))
     values = {**vars(namespace), "replay": replay}
+    neurons = values["target_neuron"] if isinstance(values["target_neuron"], str) else None
+    if neurons is not None:
+        values["target_neuron"] = 0   # each job of the atlas has its own
     return (*(cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
-              for cls in OPTION_CLASSES), argv)
+              for cls in OPTION_CLASSES), neurons, argv)
 
 
 _NEGATIVE_NUMBER = re.compile(r"-(\d|\.\d|inf|nan)", re.IGNORECASE)
@@ -166,8 +172,8 @@ def _out_of_memory(error: Exception) -> bool:
 
 
 def run(command: CommandOptions, options: DreamOptions, animation: AnimationOptions,
-        argv: list[str]) -> int:
-    """Dispatch: a model tool, or the dream itself."""
+        neurons: str | None, argv: list[str]) -> int:
+    """Dispatch: a model tool, a sequence, many pictures (large jobs), or one picture."""
     expand = lambda path: path and os.path.expanduser(os.path.expandvars(path))  # noqa: E731
     command = dataclasses.replace(command, deploy_txt=expand(command.deploy_txt),
                                   caffe_model=expand(command.caffe_model))
@@ -184,10 +190,15 @@ def run(command: CommandOptions, options: DreamOptions, animation: AnimationOpti
     if command.classify:
         print_classes(command)
         return 0
+    images = jobs.image_files(command.initial_image) if command.initial_image else None
     if (command.input_video or animation.frames > 1
             or Path(command.output_file).suffix.lower() in VIDEO_SUFFIXES):
+        check_no_jobs(command, neurons, images, "a sequence")
         return dream_frames(command, options, animation, argv)
     check_no_animation(command, animation)
+    if neurons is not None or images is not None:
+        return dream_jobs(command, options, neurons, images, argv)
+    check_no_jobs(command, neurons, images, "one picture")
     return dream(command, options, argv)
 
 
@@ -293,16 +304,204 @@ def dream(command: CommandOptions, options: DreamOptions, argv: list[str]) -> in
     return 0
 
 
+# --------------------------------------------------------------------------- large jobs
+
+# Options that choose where the jobs run, not what they make: a job's recorded command
+# (which --replay repeats, alone) leaves them out.
+NOT_REPLAYED = {"workers", "ray", "replay", "debug"}
+
+
+def check_no_jobs(command: CommandOptions, neurons: str | None, images: list[Path] | None,
+                  what: str) -> None:
+    """Refuse options of large jobs given to a command that makes `what`."""
+    if neurons is not None or images is not None:
+        given = (f"--target_neuron {neurons}" if neurons is not None
+                 else f"--initial_image {command.initial_image} (several images)")
+        raise UserError(f"{given} makes many pictures, and this command makes {what}; give "
+                        "a single neuron or image.")
+    for name in ("workers", "ray"):
+        if getattr(command, name) is not None:
+            raise UserError(f"--{name} runs the jobs of an atlas (--target_neuron 0-15) or of a "
+                            f"folder of images (--initial_image photos/), and this command "
+                            f"makes {what}; drop --{name}.")
+
+
+def option_argv(*settings) -> list[str]:
+    """The command-line options that give these settings (those not at their default)."""
+    argv = []
+    for options in settings:
+        for field in dataclasses.fields(options):
+            value = getattr(options, field.name)
+            if value != field.default and field.name not in NOT_REPLAYED:
+                argv += [f"--{field.name}"] if value is True else [f"--{field.name}", str(value)]
+    return argv
+
+
+def output_folder(command: CommandOptions, count: int) -> Path:
+    """The folder that --output_file names for the pictures of several images."""
+    folder = Path(command.output_file)
+    if not (command.output_file.endswith(("/", os.sep)) or folder.is_dir()):
+        raise UserError(f"--initial_image {command.initial_image} gives {count} images, so "
+                        f"--output_file names the folder for their pictures, and "
+                        f"'{command.output_file}' is not one; end it with '/' (e.g. 'dreams/') "
+                        "or give an existing folder.")
+    if not folder.parent.is_dir():
+        raise UserError(f"cannot make the folder '{folder}': '{folder.parent}' is not an existing "
+                        f"directory; create it (mkdir -p '{folder.parent}') or choose another "
+                        "--output_file.")
+    return folder
+
+
+def dream_jobs(command: CommandOptions, options: DreamOptions, neurons: str | None,
+               images: list[Path] | None, argv: list[str]) -> int:
+    """An atlas (one picture per neuron) or the pictures of a folder of images: jobs run
+    here, in local workers or on a Ray cluster, each picture written as it comes back;
+    pictures that the same command made before are kept and not made again."""
+    actions = parse_actions(command.iter_behavior)
+    if neurons is not None and images is not None:
+        raise UserError(f"--target_neuron {neurons} makes an atlas from one start, and "
+                        f"--initial_image {command.initial_image} gives {len(images)} images; give "
+                        "one image, or one neuron.")
+    if command.ray is not None:
+        jobs.import_ray()   # before any work: says how to install it
+    output = Path(command.output_file)
+    if images is None:
+        if options.image_type != "amplify_neuron":
+            raise UserError(f"--target_neuron {neurons} makes an atlas of neurons, which needs "
+                            "--image_type amplify_neuron; add it.")
+        check_writable_output(output)
+        inputs = read_inputs(command, output)
+        photo_size = None if inputs.photo is None else inputs.photo.shape[:2]
+        api.check_combinations(options, photo_size is not None, inputs.guide is not None)
+        planned_sizes(command, options, inputs, photo_size)
+    else:
+        folder = output_folder(command, len(images))
+        inputs = read_inputs(dataclasses.replace(command, initial_image=None), output)
+        api.check_combinations(options, True, inputs.guide is not None)
+    device = select_device(command.gpu)
+    parallel = command.ray is not None or (command.workers or 1) > 1
+    # Workers load their own model: this one only checks the neurons and names the layer.
+    model = load_model(command, inputs.mean_bgr, torch.device("cpu") if parallel else device)
+
+    if images is None:
+        numbers = jobs.neuron_list(neurons, model, options)
+        layer = api.resolve_target(model, options.target_layer)
+        folder = output.with_name(f"{output.stem}_atlas") / layer.replace("/", "_")
+        paths = [folder / f"{neuron:04d}.png" for neuron in numbers]
+    else:
+        paths = [folder / f"{image.stem}.png" for image in images]
+        for image, path in zip(images, paths):
+            if same_file(image, path):
+                raise UserError(f"--output_file {folder}: the picture of {image} would replace "
+                                "the image itself; choose another folder.")
+        stems = {}
+        for image in images:
+            if stems.setdefault(image.stem, image) != image:
+                raise UserError(f"--initial_image {command.initial_image}: {stems[image.stem]} "
+                                f"and {image} would both make {folder / (image.stem + '.png')}; "
+                                "rename one of them.")
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"'{folder}', where the pictures go, is not a folder; move it away, or "
+                        "choose another --output_file.")
+
+    seed = command.seed
+    if seed is None:   # the seed of the pictures made before, so that they are kept
+        made = ((k, recorded(path)) for k, path in enumerate(paths) if path.is_file())
+        seed = next((found[0]["seed"] - k for k, found in made if found), None)
+        seed = api.new_seed() if seed is None else seed
+    if seed + len(paths) - 1 > 2 ** 63 - 1:
+        raise UserError(f"--seed {seed}: job {len(paths)} would get seed {seed + len(paths) - 1}, "
+                        f"above 2^63 - 1; give a --seed of at most {2 ** 63 - len(paths)}.")
+    job_list = (jobs.atlas_jobs(numbers, seed, inputs.photo) if images is None
+                else jobs.image_jobs(images, seed))
+    settings, texts = [], []
+    for job, path in zip(job_list, paths):
+        job_command = dataclasses.replace(
+            command, seed=job.seed, output_file=str(path), workers=None, ray=None,
+            initial_image=str(job.image) if images is not None else command.initial_image)
+        job_options = dataclasses.replace(options, **job.options)
+        settings.append(pixel_settings(job_command, job_options, AnimationOptions(), job.seed))
+        texts.append(recorded_text(model, job.seed, job_command,
+                                   option_argv(job_command, job_options)))
+    objectives: dict[int, float] = {}   # job index -> objective, of the pictures made
+    for k, path in enumerate(paths):
+        found = recorded(path) if path.is_file() else None
+        if found and same_settings(found[0], settings[k]):
+            objectives[k] = found[1]
+    index = {job.name: k for k, job in enumerate(job_list)}
+    pending = [job for k, job in enumerate(job_list) if k not in objectives]
+    if objectives:
+        print(f"cnn-vis: {len(objectives)} of the {len(paths)} pictures are in {folder} from "
+              f"before; making the other {len(pending)}.", file=sys.stderr)
+
+    bar = progress_bar(len(pending), "job")
+    failed: list[str] = []
+    stopped: KeyboardInterrupt | None = None
+    try:
+        results = jobs.run_jobs(
+            pending, model if not parallel else jobs.ModelSpec(
+                command.model, command.deploy_txt, command.caffe_model, command.backend,
+                inputs.mean_bgr, "cuda" if device.type == "cuda" else device.type,
+                keep_freed_memory=True),
+            guide=inputs.guide, mask=inputs.mask, depth=command.output_depth,
+            workers=command.workers, ray=command.ray, **dataclasses.asdict(options))
+        for result in results:
+            k = index[result.job.name]
+            if result.error is not None:
+                failed.append(result.job.name)
+                bar.write(f"cnn-vis: {result.job.name} failed: {result.error}", file=sys.stderr)
+            else:
+                make_folder(folder, "the folder for the pictures")
+                with signals_deferred():   # a signal now waits for the file to be complete
+                    save_job_png(paths[k], result.rgb, texts[k], settings[k], result.objective)
+                objectives[k] = result.objective
+                if "print" in actions:
+                    bar.write(f"cnn-vis: {result.job.name}: objective {result.objective:.4g}; "
+                              f"wrote {paths[k]}", file=sys.stderr)
+            bar.update(1)
+    except KeyboardInterrupt as stop:   # the finished pictures are kept, and listed below
+        stopped = stop
+    finally:
+        bar.close()
+
+    written = str(folder)
+    if images is None and objectives:
+        sidecar = output.with_suffix(".json")
+        done = sorted(objectives)
+        with signals_deferred():
+            save_contact_sheet(output, [(str(numbers[k]), paths[k]) for k in done],
+                               recorded_text(model, seed, dataclasses.replace(command, seed=seed),
+                                             argv))
+            save_sidecar(sidecar, {
+                "model": model.name, "layer": layer, "seed": seed,
+                "neurons": [{"neuron": numbers[k], "file": os.path.relpath(paths[k], sidecar.parent),
+                             "objective": objectives[k], "seed": job_list[k].seed} for k in done]})
+        written = f"{folder}, the contact sheet {output} and the list {sidecar}"
+    finished = f"{len(objectives)} of the {len(paths)} pictures are in {written}"
+    if stopped is not None:
+        print(f"\ncnn-vis: interrupted; {finished}; the same command makes the rest.",
+              file=sys.stderr)
+        return exit_status(stopped)
+    if failed:
+        raise UserError(f"{len(failed)} of the {len(paths)} jobs failed ({', '.join(failed)}; "
+                        f"see above why); {finished}. Fix or remove what failed and run the same "
+                        "command again: it makes only the missing pictures.")
+    print(f"wrote {written}", file=sys.stderr)
+    return 0
+
+
 # --------------------------------------------------------------------------- sequences
 
 # The options that only sequences use (beside AnimationOptions), with their defaults.
 SEQUENCE_COMMAND_OPTIONS = ("input_video", "start_frame", "end_frame", "fps", "resume")
 CAMERA_OPTIONS = ("zoom", "rotate", "pan")
 VIDEO_OPTIONS = ("blend", "flow", "start_frame", "end_frame")
-# What does not decide a frame's pixels, so that --resume may differ in it.
+# What does not decide a picture's pixels, so that --resume (and a large job made again)
+# may differ in it.
 NOT_RECORDED = {"frames", "end_frame", "fps", "resume", "output_file", "iter_behavior",
                 "show_width", "show_height", "debug", "replay", "output_iter", "gpu",
-                "list_models", "list_layers", "classify", "download", "batch_size"}
+                "list_models", "list_layers", "classify", "download", "batch_size", "workers",
+                "ray"}
 
 
 def _changed(command: CommandOptions, animation: AnimationOptions, names) -> list[str]:
@@ -348,9 +547,9 @@ def check_sequence(command: CommandOptions, animation: AnimationOptions) -> None
                             f"VIDEO, or drop --{unused[0]}.")
 
 
-def frame_settings(command: CommandOptions, options: DreamOptions, animation: AnimationOptions,
+def pixel_settings(command: CommandOptions, options: DreamOptions, animation: AnimationOptions,
                    seed: int) -> dict[str, object]:
-    """Every option that decides a frame's pixels, by name (files as absolute paths)."""
+    """Every option that decides a picture's pixels, by name (files as absolute paths)."""
     values = {**dataclasses.asdict(command), **dataclasses.asdict(options),
               **dataclasses.asdict(animation), "seed": seed}
     for name in ("deploy_txt", "caffe_model", "mean_image", "initial_image", "guide_image",
@@ -394,7 +593,7 @@ def dream_frames(command: CommandOptions, options: DreamOptions, animation: Anim
         model = load_model(command, inputs.mean_bgr, device)
         png_text = recorded_text(model, seed, dataclasses.replace(command, seed=seed), argv)
         store = FrameStore(output, command.output_depth, png_text,
-                           frame_settings(command, options, animation, seed))
+                           pixel_settings(command, options, animation, seed))
         if command.resume:
             store.check_resumable()
         store.check_writable()

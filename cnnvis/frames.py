@@ -16,7 +16,7 @@ from PIL import Image
 
 from cnnvis.errors import UserError
 from cnnvis.files import open_input
-from cnnvis.imageio import check_writable_output, save_png
+from cnnvis.imageio import check_writable_output, make_folder, save_png
 
 SETTINGS_KEY = "cnn-vis:frame-settings"
 FRAME_NAME = re.compile(r"(\d{6})\.png")
@@ -45,12 +45,7 @@ class FrameStore:
 
     def save(self, number: int, rgb: np.ndarray) -> None:
         """Write frame `number` (the folder is made with the first frame)."""
-        try:
-            self.folder.mkdir(exist_ok=True)
-        except OSError as error:
-            raise UserError(f"cannot create the frames folder '{self.folder}': "
-                            f"{error.strerror or error}; check the permissions, or choose "
-                            "another --output_file") from None
+        make_folder(self.folder, "the frames folder")
         save_png(self.path(number), rgb, {**self.png_text, "cnn-vis:frame": str(number)})
 
     def check_resumable(self) -> None:

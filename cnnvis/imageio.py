@@ -268,6 +268,15 @@ def check_writable_output(path: PathLike, suffixes: tuple[str, ...] = (".png",))
         raise _write_error(target, exc) from exc
 
 
+def make_folder(folder: Path, what: str) -> None:
+    """Create `folder` (and its parents) where outputs go, unless it is there."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create {what} '{folder}': {error.strerror or error}; check the "
+                        "permissions, or choose another --output_file") from None
+
+
 def sibling_path(output_file: PathLike, suffix: str) -> Path:
     """`{stem}_{suffix}{ext}` beside the output file, e.g. out.png -> out_show.png."""
     output = Path(output_file)

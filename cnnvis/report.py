@@ -28,6 +28,13 @@ def has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
+def progress_bar(total: int | None, unit: str) -> tqdm:
+    """A bar of `total` `unit`s with the time left, shown only on a terminal (in a log file it
+    would be a wall of updates)."""
+    return tqdm(total=total, unit=unit, file=sys.stderr, disable=not sys.stderr.isatty(),
+                dynamic_ncols=True, leave=False)
+
+
 class ConsoleObserver:
     """Carries out the `--iter_behavior` actions every `output_iter` steps, with a progress bar.
 
@@ -47,10 +54,7 @@ class ConsoleObserver:
         self.png_text = png_text
         self.show_size = show_size
         self.frames_folder = frames_folder
-        # A progress bar only on a terminal: in a log file it would be a wall of updates.
-        self.bar = tqdm(total=total, unit="step" if frames_folder is None else "frame",
-                        file=sys.stderr, disable=not sys.stderr.isatty(), dynamic_ncols=True,
-                        leave=False)
+        self.bar = progress_bar(total, "step" if frames_folder is None else "frame")
         self.pixel_history: list[np.ndarray] = []   # one (4, 3) array of values per report
         self._figures: dict[str, object] = {}
         self._said_no_display = False

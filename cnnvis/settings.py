@@ -24,7 +24,8 @@ GROUPS = ("CNN options", "Image options", "Initialization options", "Resize opti
           "Optimization options", "Layer amplification objective options",
           "P-norm regularization options", "Auxiliary p-norm regularization options",
           "Total Variation regularization options", "Output options",
-          "Animation options", "Model tools (each does its job and exits)")
+          "Animation options", "Model tools (each does its job and exits)",
+          "Large jobs (atlases and folders of images)")
 
 IMAGE_TYPES = ("amplify_layer", "amplify_neuron")
 BACKENDS = ("torch", "caffe")
@@ -53,9 +54,16 @@ class Setting:
     below: bool = False
     choices: tuple | None = None
     metavar: str | None = None
+    several: bool = False   # on the command line also a list, one job per value (cnnvis.jobs)
 
     def parse(self, flag: str, text: str) -> Any:
-        """The value of command-line `text`, checked; a UserError naming `flag` otherwise."""
+        """The value of command-line `text`, checked; a UserError naming `flag` otherwise.
+
+        An option that takes `several` values gives the text itself when it is not a
+        single number: the list is read, and checked, where its jobs are made.
+        """
+        if self.several and not text.strip().lstrip("-").isdigit():
+            return text
         if self.kind in (int, float):
             try:
                 value = self.kind(text)
@@ -131,8 +139,9 @@ class DreamOptions:
     channels: str | None = option(
         None, str, "amplify_layer on these channels of the (single) target layer only, e.g. "
         "0-15,40", GROUPS[1])
-    target_neuron: int = option(0, int, "channel to amplify with amplify_neuron", GROUPS[1],
-                                minimum=0)
+    target_neuron: int = option(0, int, "channel to amplify with amplify_neuron; on the command "
+                                "line also a list such as 0-15,40, or all: an atlas, one "
+                                "picture per channel", GROUPS[1], minimum=0, several=True)
     initialization_scale: float = option(1.0, float, "std of the noise", GROUPS[2], minimum=0)
     initialization_blur: float = option(0.0, float, "std in pixels of the Gaussian blur of the "
                                         "noise (at most 1000)", GROUPS[2], minimum=0, maximum=1000)
@@ -308,6 +317,13 @@ class CommandOptions:
                                above=True, maximum=1000)
     resume: bool = option(False, bool, "reuse the frames already in {stem}_frames/ that this "
                           "same command made, and make the rest", GROUPS[10])
+    workers: int | None = option(None, int, "jobs run at once, each in its own process with "
+                                 "its share of the CPU threads, or its own GPU where there are "
+                                 "several (default: 1; with --ray, every CPU or GPU Ray has)",
+                                 GROUPS[12], minimum=1, maximum=4096)
+    ray: str | None = option(None, str, "run the jobs as tasks of a Ray cluster: its address, "
+                             "auto for the running one, or local to start one here (needs "
+                             "pip install cnn-vis[ray])", GROUPS[12], metavar="ADDRESS")
 
     def __post_init__(self):
         _check_fields(self)

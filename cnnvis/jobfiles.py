@@ -1,0 +1,75 @@
+"""The files of a large job, written by the caller as results come: one PNG per job that
+records the settings that decide its pixels and its objective (so that the same command
+run again skips the jobs already made), and for an atlas a contact sheet of its pictures
+and a JSON sidecar listing each neuron's file, objective and seed.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+
+from cnnvis.imageio import atomic_write, save_png
+
+SETTINGS_KEY = "cnn-vis:settings"
+OBJECTIVE_KEY = "cnn-vis:objective"
+CELL_SIDES = (96, 224)          # a contact sheet's pictures: at least, at most this many pixels
+LABEL_HEIGHT = 16
+BACKGROUND, INK = (24, 24, 24), (230, 230, 230)
+
+
+def save_job_png(path: Path, rgb: np.ndarray, png_text: Mapping[str, str],
+                 settings: Mapping[str, object], objective: float) -> None:
+    save_png(path, rgb, {**png_text, SETTINGS_KEY: json.dumps(settings, sort_keys=True),
+                         OBJECTIVE_KEY: repr(objective)})
+
+
+def recorded(path: Path) -> tuple[dict, float] | None:
+    """The settings and objective recorded in a job PNG; None when there is none (no file,
+    or not one that a large job wrote)."""
+    try:
+        with Image.open(path) as image:
+            text = getattr(image, "text", {})
+            return json.loads(text[SETTINGS_KEY]), float(text[OBJECTIVE_KEY])
+    except (OSError, UnidentifiedImageError, KeyError, ValueError, SyntaxError):
+        return None
+
+
+def same_settings(recorded_settings: Mapping[str, object], settings: Mapping[str, object]) -> bool:
+    """Whether recorded settings are these (compared as JSON keeps them)."""
+    return recorded_settings == json.loads(json.dumps(settings))
+
+
+def save_contact_sheet(path: Path, pictures: Sequence[tuple[str, Path]],
+                       png_text: Mapping[str, str]) -> None:
+    """A grid of the pictures (label, PNG file), each labelled below, as a PNG."""
+    images = []
+    for label, file in pictures:
+        with Image.open(file) as image:
+            images.append((label, image.convert("RGB")))
+    cell = min(max(CELL_SIDES[0], max(max(image.size) for _, image in images)), CELL_SIDES[1])
+    columns = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / columns)
+    sheet = Image.new("RGB", (columns * cell, rows * (cell + LABEL_HEIGHT)), BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for k, (label, image) in enumerate(images):
+        scale = cell / max(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        # Small pictures (a tiny network's) are enlarged as blocks rather than blurred.
+        image = image.resize(size, Image.Resampling.LANCZOS if scale < 1
+                             else Image.Resampling.NEAREST)
+        left, top = (k % columns) * cell, (k // columns) * (cell + LABEL_HEIGHT)
+        sheet.paste(image, (left + (cell - image.width) // 2, top + (cell - image.height) // 2))
+        draw.text((left + cell / 2, top + cell + LABEL_HEIGHT / 2), label, fill=INK, font=font,
+                  anchor="mm")
+    save_png(path, np.asarray(sheet), png_text)
+
+
+def save_sidecar(path: Path, content: Mapping[str, object]) -> None:
+    with atomic_write(path) as file:
+        file.write((json.dumps(content, indent=1) + "\n").encode())

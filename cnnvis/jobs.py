@@ -1,0 +1,427 @@
+"""Large jobs: many pictures from one run, one job each, here, in local worker processes or
+as the tasks of a Ray cluster.
+
+A job is one picture: a start (noise, or a photo) and the options in which it differs from
+the run's (an atlas' neuron). Job k of a run gets the seed `seed + k`, so that its picture
+is the same wherever it runs: alone, one job after the other, in local workers or on a
+cluster. Results come back to the caller as they finish, with their pixels; the caller
+writes them (so the workers need no shared file system).
+
+- Here (`workers` 1): one job after the other, with the model the caller loaded.
+- Local workers (`workers` N): N processes, each loading the model once, with its share
+  of the CPU threads (or a GPU of its own where there are several). A worker that dies
+  is replaced and its job run again, up to RETRIES times.
+- Ray (`ray`: an address, "auto", or "local" to start a cluster here): one task per job,
+  each worker process loading the model once; Ray runs the task of a worker that died
+  again, up to RETRIES times.
+
+Photos are read on the caller's side, a few jobs ahead, so that memory does not grow
+with the number of jobs; an unreadable one fails its job, and the others go on.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import glob
+import multiprocessing
+import os
+import signal
+from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cnnvis import zoo
+from cnnvis.api import (ImageInput, build_objective, check_combinations, grey_mask, load_model,
+                        new_seed, parse_list, render_checked, resolve_target)
+from cnnvis.engine import keep_freed_memory
+from cnnvis.errors import UserError
+from cnnvis.imageio import as_photo
+from cnnvis.model import VisModel
+from cnnvis.objectives import Objective
+from cnnvis.pixels import MAX_LEVEL
+from cnnvis.settings import DreamOptions, check_seed
+from cnnvis.tiling import checkerboard_groups
+
+RETRIES = 3   # further tries of a job whose worker died (Ray's default for tasks too)
+WORKER_DIED = "the worker process running it died (out of memory, or killed)"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How a worker loads the model: the arguments of `cnnvis.load_model` (a model is not
+    sent to workers; each loads its own once). `keep_freed_memory`: the command line's
+    malloc setting in each worker process (see `cnnvis.keep_freed_memory`)."""
+
+    name: str = zoo.DEFAULT_MODEL
+    deploy_txt: str | None = None
+    caffe_model: str | None = None
+    backend: str = "torch"
+    mean_bgr: tuple[float, float, float] | None = None
+    device: str | None = None          # None: the GPU if there is one, else the CPU
+    keep_freed_memory: bool = False
+
+    def load(self, device: str | None = None) -> VisModel:
+        """The model, on `device` (default: the spec's)."""
+        model = load_model(self.name, deploy_txt=self.deploy_txt, caffe_model=self.caffe_model,
+                           device=device or self.device, backend=self.backend,
+                           mean_bgr=self.mean_bgr)
+        if self.keep_freed_memory and model.device.type == "cpu":
+            keep_freed_memory()
+        return model
+
+
+@dataclass(frozen=True)
+class Job:
+    """One picture of a large job: its name (how it is reported: "neuron 5", a file), its
+    seed, its start image (a file, a PIL image or a uint8 RGB array; None: noise) and the
+    options in which it differs from the run's (e.g. {"target_neuron": 5})."""
+
+    name: str
+    seed: int
+    image: ImageInput = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)   # pixels do not compare as values; results are handles
+class JobResult:
+    """A finished job: its pixels (H, W, 3; uint8, or uint16 at depth 16) and the objective
+    of the finished picture (summed over the regions that tile it, as `print` reports a
+    step's), or, for a job that failed, None and the reason (its input is bad, its image
+    stopped being finite, or its worker died on every try)."""
+
+    job: Job
+    rgb: np.ndarray | None
+    objective: float | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What every job of a run shares; sent to each worker once."""
+
+    options: DreamOptions
+    guide_rgb: np.ndarray | None
+    mask_grey: np.ndarray | None
+    depth: int
+
+
+def run_jobs(jobs: Iterable[Job], model: VisModel | ModelSpec, *, guide: ImageInput = None,
+             mask: ImageInput = None, depth: int = 8, workers: int | None = None,
+             ray: str | None = None, **options) -> Iterator[JobResult]:
+    """Run `jobs`, yielding each one's result as soon as it finishes (so not in order).
+
+    `options` are the `cnnvis.DreamOptions` of every job (a job's own options replace
+    them); `guide` and `mask` are `cnnvis.dream`'s. `model`: a loaded model runs the jobs
+    here; local workers (`workers` > 1) and Ray (`ray`) need a `ModelSpec`.
+    """
+    if depth not in MAX_LEVEL:
+        raise ValueError(f"depth must be 8 or 16, not {depth}")
+    jobs = list(jobs)
+    plan = _Plan(DreamOptions.from_keywords(options),
+                 None if guide is None else as_photo(guide, "--guide_image"),
+                 None if mask is None else grey_mask(mask), depth)
+    check_combinations(plan.options, any(job.image is not None for job in jobs),
+                       plan.guide_rgb is not None)
+    if ray is None and (workers or 1) == 1:
+        if isinstance(model, ModelSpec):
+            model = model.load()
+        pool = _Here(model, plan)
+    elif not isinstance(model, ModelSpec):
+        raise TypeError("workers and Ray load the model themselves: give a cnnvis.ModelSpec, "
+                        "not a loaded model")
+    elif ray is not None:
+        pool = _RayTasks(model, plan, ray, workers)
+    else:
+        pool = _LocalWorkers(model, plan, workers)
+    return _results(jobs, pool)
+
+
+def atlas(image: ImageInput, model: VisModel | ModelSpec, *, neurons: Sequence[int] | str,
+          seed: int | None = None, **keywords) -> Iterator[JobResult]:
+    """One picture per neuron (channel) of the target layer, each made on its own from
+    `image` (None: noise), with amplify_neuron: `neurons` is a list, text such as
+    "0-15,40", or "all". Neuron k of the list gets the seed `seed + k`. Other keywords
+    are `run_jobs`'.
+    """
+    seed = check_seed(seed)
+    seed = new_seed() if seed is None else seed
+    names = {f.name for f in dataclasses.fields(DreamOptions)}
+    options = DreamOptions.from_keywords(
+        {name: value for name, value in keywords.items() if name in names})
+    if isinstance(neurons, str):
+        checker = model if isinstance(model, VisModel) else model.load("cpu")
+        neurons = neuron_list(neurons, checker, options)
+    return run_jobs(atlas_jobs(neurons, seed, image), model, **keywords)
+
+
+def atlas_jobs(neurons: Sequence[int], seed: int, image: ImageInput = None) -> list[Job]:
+    return [Job(f"neuron {neuron}", seed + k, image, {"image_type": "amplify_neuron",
+                                                     "target_neuron": neuron})
+            for k, neuron in enumerate(neurons)]
+
+
+def image_jobs(paths: Sequence[Path], seed: int) -> list[Job]:
+    return [Job(str(path), seed + k, path) for k, path in enumerate(paths)]
+
+
+def neuron_list(text: str, model: VisModel, options: DreamOptions) -> list[int]:
+    """The neurons of --target_neuron's `text` ("0-15,40", or "all": every channel of the
+    single target layer), each checked against the layer."""
+    layer = resolve_target(model, options.target_layer)
+    if options.target_layer and "," in options.target_layer:
+        raise UserError(f"--target_neuron {text} makes an atlas of one layer's neurons, and "
+                        f"--target_layer names several; name one.")
+    count = model.check_target(layer)[1]
+    if text.strip() == "all":
+        return list(range(count))
+    neurons = parse_list(text, "--target_neuron", int)
+    for neuron in neurons:   # the message of a single neuron outside the layer
+        build_objective(model, dataclasses.replace(options, target_neuron=neuron))
+    if len(set(neurons)) < len(neurons):
+        raise UserError(f"--target_neuron {text} names a neuron twice; name each once.")
+    return neurons
+
+
+IMAGE_SUFFIXES = frozenset(suffix for suffix, _ in Image.registered_extensions().items())
+
+
+def image_files(source: str) -> list[Path] | None:
+    """The images of a folder (its files whose suffix is an image format's) or of a glob
+    pattern, sorted; None when `source` is neither (a single image file)."""
+    path = Path(source)
+    try:
+        is_dir, exists = path.is_dir(), path.exists()
+    except OSError:   # e.g. a name too long: reading it as an image says what is wrong
+        return None
+    if is_dir:
+        found = sorted(p for p in path.iterdir()
+                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        what = "is a directory with no images in it"
+    elif not exists and glob.has_magic(source):
+        found = sorted(Path(p) for p in glob.glob(source) if Path(p).is_file())
+        what = "matches no files"
+    else:
+        return None
+    if not found:
+        raise UserError(f"--initial_image '{source}' {what}; give the path of a file, a folder "
+                        "of PNG or JPEG images, or a pattern such as 'photos/*.jpg'.")
+    return found
+
+
+# --------------------------------------------------------------------------- one job
+
+
+def _render(model: VisModel, plan: _Plan, job: Job, photo: np.ndarray | None) -> JobResult:
+    settings = dataclasses.replace(plan.options, **job.options)
+    try:
+        objective = build_objective(model, settings, plan.guide_rgb)
+        picture = render_checked(photo, model, settings, job.seed, mask_grey=plan.mask_grey,
+                                 objective=objective)
+    except UserError as error:   # also NonFiniteImage
+        return JobResult(job, None, None, str(error))
+    return JobResult(job, picture.rgb(plan.depth), objective_value(model, objective, picture.image))
+
+
+def objective_value(model: VisModel, objective: Objective, image: torch.Tensor) -> float:
+    """The objective of image (1, 3, H, W), summed over the regions that tile it."""
+    regions = [region for group in checkerboard_groups(*image.shape[-2:], *model.input_size)
+               for region in group]
+    return 0.0 - sum(float(model.objective_gradient(image[0][region.slices][None], objective)[0])
+                for region in regions)
+
+
+# --------------------------------------------------------------------------- scheduling
+
+
+def _results(jobs: list[Job], pool) -> Iterator[JobResult]:
+    """Each job's result as it finishes, with at most `pool.slots` jobs (and their photos)
+    in flight; a job whose worker died runs again, up to `pool.retries` times."""
+    queue = iter(jobs)
+    running: dict[Any, tuple[Job, np.ndarray | None, int]] = {}   # handle -> job, photo, tries
+    try:
+        while True:
+            while len(running) < pool.slots and (job := next(queue, None)) is not None:
+                try:
+                    photo = None if job.image is None else as_photo(job.image)
+                except UserError as error:
+                    yield JobResult(job, None, None, str(error))
+                    continue
+                running[pool.submit(_without_image(job), photo)] = (job, photo, 1)
+            if not running:
+                return
+            for handle, outcome in pool.wait(list(running)):
+                job, photo, tries = running.pop(handle)
+                if outcome is not WORKER_DIED:
+                    yield dataclasses.replace(outcome, job=job)
+                elif tries <= pool.retries:
+                    running[pool.submit(_without_image(job), photo)] = (job, photo, tries + 1)
+                else:
+                    yield JobResult(job, None, None, f"{WORKER_DIED}, {RETRIES + 1} times")
+    finally:
+        pool.close()
+
+
+def _without_image(job: Job) -> Job:
+    """The job as it travels to a worker: its photo goes beside it, already read."""
+    return dataclasses.replace(job, image=None)
+
+
+class _Here:
+    """Jobs run one after the other in this process."""
+
+    slots, retries = 1, 0
+
+    def __init__(self, model: VisModel, plan: _Plan):
+        self.model, self.plan = model, plan
+
+    def submit(self, job: Job, photo: np.ndarray | None) -> JobResult:
+        return _render(self.model, self.plan, job, photo)
+
+    def wait(self, handles: list[JobResult]) -> list[tuple[JobResult, JobResult]]:
+        return [(result, result) for result in handles]
+
+    def close(self) -> None:
+        pass
+
+
+class _LocalWorkers:
+    """Jobs run in `workers` processes of this machine (spawned, not forked: PyTorch's
+    threads do not survive a fork), each with its share of the CPU threads, or its own GPU
+    where there are several. A pool whose process died is replaced."""
+
+    def __init__(self, spec: ModelSpec, plan: _Plan, workers: int):
+        self.spec, self.plan, self.slots, self.retries = spec, plan, workers, RETRIES
+        self.threads = max(1, torch.get_num_threads() // workers)
+        gpus = torch.cuda.device_count() if spec.device in (None, "cuda") else 0
+        self.devices = ([f"cuda:{k % gpus}" for k in range(workers)] if gpus > 1
+                        else [spec.device] * workers)
+        self.generation = 0
+        self.born: dict[concurrent.futures.Future, int] = {}   # future -> its pool's generation
+        self._start()
+
+    def _start(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        devices = context.Queue()
+        for device in self.devices:
+            devices.put(device)
+        self.executor = concurrent.futures.ProcessPoolExecutor(
+            self.slots, mp_context=context, initializer=_start_worker,
+            initargs=(self.spec, self.plan, self.threads, devices))
+
+    def submit(self, job: Job, photo: np.ndarray | None) -> concurrent.futures.Future:
+        future = self.executor.submit(_run_in_worker, job, photo)
+        self.born[future] = self.generation
+        return future
+
+    def wait(self, handles: list[concurrent.futures.Future]) -> list[tuple[Any, Any]]:
+        done, _ = concurrent.futures.wait(handles, return_when=concurrent.futures.FIRST_COMPLETED)
+        outcomes, broken = [], False
+        for future in done:
+            try:
+                outcomes.append((future, future.result()))
+            except BrokenProcessPool:
+                outcomes.append((future, WORKER_DIED))
+                broken |= self.born[future] == self.generation
+            del self.born[future]
+        if broken:   # every job of the broken pool fails with it: a new pool runs them again
+            self._end(wait=False)
+            self.generation += 1
+            self._start()
+        return outcomes
+
+    def close(self) -> None:
+        self._end(wait=not self.born)
+
+    def _end(self, wait: bool) -> None:
+        """Shut the pool down; unless `wait`, its processes are ended now (a run stopped
+        by Ctrl-C does not wait for the jobs in flight, whose results would be lost)."""
+        if not wait:
+            # ProcessPoolExecutor has no public way to end its processes (before 3.14).
+            for process in list((self.executor._processes or {}).values()):
+                process.terminate()
+        self.executor.shutdown(wait=wait, cancel_futures=True)
+
+
+_worker: tuple[VisModel, _Plan] | None = None   # a local worker's model and plan
+
+
+def _start_worker(spec: ModelSpec, plan: _Plan, threads: int, devices) -> None:
+    global _worker
+    # Ctrl-C reaches the whole process group; the caller keeps what is finished and ends us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
+    _worker = (spec.load(devices.get()), plan)
+
+
+def _run_in_worker(job: Job, photo: np.ndarray | None) -> JobResult:
+    return _render(*_worker, job, photo)
+
+
+class _RayTasks:
+    """Jobs run as Ray tasks, each asking for one CPU, or one GPU where the cluster has
+    GPUs (and the model is not asked for on the CPU); each worker loads the model once."""
+
+    retries = 0   # Ray runs again the task of a worker that died
+
+    def __init__(self, spec: ModelSpec, plan: _Plan, address: str, workers: int | None):
+        ray = self.ray = import_ray()
+        try:
+            if address == "local":
+                ray.init(address="local", num_cpus=workers or os.cpu_count(),
+                         include_dashboard=False, logging_level="warning")
+            else:
+                ray.init(address=address, logging_level="warning")
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise UserError(f"--ray {address}: cannot connect to a Ray cluster ({error}); start "
+                            "one with 'ray start --head', give its address (HOST:6379), or use "
+                            "--ray local to start one on this machine.") from None
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0)) if spec.device != "cpu" else 0
+        self.slots = workers or max(1, gpus or int(resources.get("CPU", 1)))
+        self.task = ray.remote(_ray_job).options(
+            max_retries=RETRIES, **({"num_gpus": 1} if gpus else {"num_cpus": 1}))
+        self.shared = ray.put((dataclasses.replace(spec, device="cuda" if gpus else "cpu"), plan))
+        self.died = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError)
+
+    def submit(self, job: Job, photo: np.ndarray | None):
+        return self.task.remote(self.shared, job, photo)
+
+    def wait(self, handles: list) -> list[tuple[Any, Any]]:
+        done, _ = self.ray.wait(handles, num_returns=1)
+        outcomes = []
+        for reference in done:
+            try:
+                outcomes.append((reference, self.ray.get(reference)))
+            except self.died:
+                outcomes.append((reference, WORKER_DIED))
+        return outcomes
+
+    def close(self) -> None:
+        self.ray.shutdown()   # the driver leaves: tasks still in flight end with it
+
+
+def import_ray():
+    """The ray module, imported now (it takes seconds): an optional dependency."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--ray needs Ray, which is not installed here; install it with "
+                        "pip install 'cnn-vis[ray]' (or pip install ray).") from None
+    return ray
+
+
+@functools.lru_cache(maxsize=1)
+def _worker_model(spec: ModelSpec) -> VisModel:
+    return spec.load()
+
+
+def _ray_job(shared: tuple[ModelSpec, _Plan], job: Job, photo: np.ndarray | None) -> JobResult:
+    spec, plan = shared
+    return _render(_worker_model(spec), plan, job, photo)
