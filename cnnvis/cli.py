@@ -442,7 +442,7 @@ def dream_jobs(command: CommandOptions, options: DreamOptions, neurons: str | No
             pending, model if not parallel else jobs.ModelSpec(
                 command.model, command.deploy_txt, command.caffe_model, command.backend,
                 inputs.mean_bgr, "cuda" if device.type == "cuda" else device.type,
-                keep_freed_memory=True),
+                keep_freed_memory=True, precision=command.precision),
             guide=inputs.guide, mask=inputs.mask, depth=command.output_depth,
             workers=command.workers, ray=command.ray, **dataclasses.asdict(options))
         for result in results:

@@ -66,12 +66,13 @@ class ModelSpec:
     mean_bgr: tuple[float, float, float] | None = None
     device: str | None = None          # None: the GPU if there is one, else the CPU
     keep_freed_memory: bool = False
+    precision: str = "fp32"
 
     def load(self, device: str | None = None) -> VisModel:
         """The model, on `device` (default: the spec's)."""
         model = load_model(self.name, deploy_txt=self.deploy_txt, caffe_model=self.caffe_model,
                            device=device or self.device, backend=self.backend,
-                           mean_bgr=self.mean_bgr)
+                           mean_bgr=self.mean_bgr, precision=self.precision)
         if self.keep_freed_memory and model.device.type == "cpu":
             keep_freed_memory()
         return model

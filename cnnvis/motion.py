@@ -25,7 +25,8 @@ def camera_move(image: np.ndarray, zoom: float, rotate: float,
 
 def flow_estimator() -> cv2.DISOpticalFlow:
     """OpenCV's DIS optical flow with its "medium" preset: robust to the large, textured
-    motions of real footage at a few milliseconds per 640x360 frame."""
+    motions of real footage, and small beside a frame's dreaming (both flows of a 640x360
+    frame in about 0.1 s on a 2-core CPU)."""
     return cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
 
 

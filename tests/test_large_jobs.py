@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -87,15 +88,18 @@ def _kill_a_local_worker() -> list[int]:
 
 
 def _kill_a_ray_worker() -> list[int]:
-    """Kill one Ray worker process that runs a job (its title is ray::_ray_job)."""
-    for pid in os.listdir("/proc"):
-        try:
-            title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
-        except (OSError, ValueError):
-            continue
-        if title.startswith(b"ray::_ray_job"):
-            os.kill(int(pid), signal.SIGKILL)
-            return [int(pid)]
+    """Kill one Ray worker process while it runs a job (its title is ray::_ray_job): the
+    first one seen within 20 s (the other jobs start as the first results come back)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for pid in os.listdir("/proc"):
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+            except (OSError, ValueError):
+                continue
+            if title.startswith(b"ray::_ray_job"):
+                os.kill(int(pid), signal.SIGKILL)
+                return [int(pid)]
     return []
 
 
