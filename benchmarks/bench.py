@@ -752,7 +752,7 @@ def section_large_memory(device: torch.device, work: Path, hundred_megapixels: b
 # --------------------------------------------------------------------------- main
 
 
-def section_large_jobs(steps: int = 12, neurons: int = 16) -> None:
+def section_large_jobs(steps: int = 50, neurons: int = 16) -> None:
     """A 16-neuron atlas of efficientnet_lite0 (weights installed with cnn-vis), one job
     after the other and in two local workers with the CPU threads split between them, in
     jobs per second, start-up and model loading included (what a user waits for)."""
