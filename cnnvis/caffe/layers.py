@@ -255,12 +255,7 @@ def _lrn(layer, bottoms: list[Shape]) -> LayerPlan:
 
 def _lrn_across_channels(x: torch.Tensor, size: int, alpha: float, beta: float,
                          k: float) -> torch.Tensor:
-    """y = x / (k + alpha/n * sum over n neighbouring channels of x^2)^beta, as in Caffe.
-
-    Computed in float32 at least: its sums of squares lose more in bfloat16.
-    """
-    if x.dtype in (torch.bfloat16, torch.float16):
-        return _CrossChannelLRN.apply(x.float(), size, alpha, beta, k).to(x.dtype)
+    """y = x / (k + alpha/n * sum over n neighbouring channels of x^2)^beta, as in Caffe."""
     return _CrossChannelLRN.apply(x, size, alpha, beta, k)
 
 
