@@ -142,7 +142,9 @@ class DreamOptions:
     target_neuron: int = option(0, int, "channel to amplify with amplify_neuron; on the command "
                                 "line also a list such as 0-15,40, or all: an atlas, one "
                                 "picture per channel", GROUPS[1], minimum=0, several=True)
-    initialization_scale: float = option(1.0, float, "std of the noise", GROUPS[2], minimum=0)
+    initialization_scale: float = option(1.0, float, "std of the noise (at most 10000: larger "
+                                         "noise would overflow)", GROUPS[2], minimum=0,
+                                         maximum=10_000)
     initialization_blur: float = option(0.0, float, "std in pixels of the Gaussian blur of the "
                                         "noise (at most 1000)", GROUPS[2], minimum=0, maximum=1000)
     initial_size: str | None = option(

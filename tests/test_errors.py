@@ -190,6 +190,12 @@ def test_negative_scale_or_blur(tiny, output, capsys, option):
     refused(tiny + [option, "-0.5"], capsys, output, f"{option} -0.5 must be at least 0")
 
 
+def test_noise_too_large_to_stay_finite(tiny, output, capsys):
+    # 1e308 times a normal sample overflows: the start itself would not be finite.
+    refused(tiny + ["--initialization_scale", "1e308"], capsys, output,
+            "--initialization_scale 1e308 must be at most 10000")
+
+
 @pytest.mark.parametrize("option, value, choices", [
     ("--resize_type", "cubic", "geometric, linear"),
     ("--tv_grad_operator", "laplace", "naive, sobel, sobel_squish"),
