@@ -110,7 +110,8 @@ def render_checked(photo: np.ndarray | None, model: VisModel, settings: DreamOpt
 
     `objective` replaces the one built from `settings` and `guide_rgb` (a sequence of
     frames builds it once). `start` (1, 3, H, W) at the first size replaces the photo
-    as the image the run begins from; the photo stays what the p-norm pulls towards.
+    as the image the run begins from, and is optimised in place; the photo stays what
+    the p-norm pulls towards.
     """
     sizes = plan_sizes(settings, None if photo is None else photo.shape[:2], model.input_size)
     if mask_grey is not None:
@@ -135,7 +136,7 @@ def render_checked(photo: np.ndarray | None, model: VisModel, settings: DreamOpt
         return Picture(image, model.mean_bgr, settings.rescale_image, seed)
 
     try:
-        return picture(run.run(initial, photo, mask_grey))
+        return picture(run.run(initial, photo, mask_grey, in_place=True))
     except NonFiniteImage as error:
         error.picture = picture(run.image)
         raise
@@ -320,8 +321,9 @@ def resolve_target(model: VisModel, target: str | None) -> str:
 def noise_image(size: tuple[int, int], scale: float, blur: float, seed: int) -> torch.Tensor:
     """Gaussian white noise (1, 3, H, W) of std `scale`, blurred over the two spatial axes only."""
     generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn((1, 3) + tuple(size), generator=generator) * scale
+    # In place, and the filter's float32 result as it is: an 8K image is 400 MB a copy.
+    noise = torch.randn((1, 3) + tuple(size), generator=generator).mul_(scale)
     if blur > 0:
         noise = torch.from_numpy(scipy.ndimage.gaussian_filter(
-            noise.numpy(), sigma=(0, 0, blur, blur)).astype(np.float32))
+            noise.numpy(), sigma=(0, 0, blur, blur)))
     return noise

@@ -82,12 +82,14 @@ class Dream:
         self.image: torch.Tensor | None = None
 
     def run(self, initial: torch.Tensor, anchor_rgb: np.ndarray | None,
-            mask_grey: np.ndarray | None = None) -> torch.Tensor:
+            mask_grey: np.ndarray | None = None, in_place: bool = False) -> torch.Tensor:
         """Optimise from `initial` (1, 3, H, W) at the first size; `anchor_rgb` is the user's
         photo (uint8 RGB) that the main p-norm pulls towards, or None (pull towards 0).
         `mask_grey` (uint8, H x W) scales each pixel's step by its grey level / 255; where
-        it is 0 the pixels keep their start (the photo, or the noise resized)."""
-        self.image = initial.to(self.model.device, copy=True)  # updated in place; the caller keeps theirs
+        it is 0 the pixels keep their start (the photo, or the noise resized). With
+        `in_place`, `initial` itself becomes the image (no copy: one image less in memory);
+        otherwise the caller's stays as it was."""
+        self.image = initial.to(self.model.device, copy=not in_place)
         start = self.image.clone() if mask_grey is not None and anchor_rgb is None else None
         for size_index, size in enumerate(self.sizes, start=1):
             if size_index > 1:
