@@ -29,7 +29,7 @@ from cnnvis.imageio import as_photo
 from cnnvis.model import VisModel
 from cnnvis.motion import camera_move, carry_along_flow, flow_estimator, grey
 from cnnvis.optimizer import Report
-from cnnvis.pixels import MAX_LEVEL, Picture, resize_rgb
+from cnnvis.pixels import MAX_LEVEL, Picture, levels_to_image, resize_rgb
 from cnnvis.settings import AnimationOptions, DreamOptions, check_seed, options_from_keywords
 
 # A frame's stored pixels when it was made before (uint8 or uint16 RGB), else None.
@@ -126,8 +126,8 @@ def animate(image: ImageInput, model: VisModel, *, seed: int | None = None,
     previous = maker.make(1, photo, later=False)
     yield previous
     for number in range(2, animation.frames + 1):
-        levels = previous.rgb.astype(np.float32) * (255.0 / MAX_LEVEL[depth])   # 0..255
-        moved = camera_move(levels, animation.zoom, animation.rotate, pan)
+        moved = camera_move(stored_levels(previous.rgb, depth), animation.zoom, animation.rotate,
+                            pan)
         photo = np.rint(np.clip(moved, 0, 255)).astype(np.uint8)
         previous = maker.make(number, photo, later=True)
         yield previous
@@ -172,8 +172,11 @@ def _carried_start(photo: np.ndarray, previous_photo: np.ndarray, previous_rgb: 
                    mean_bgr: tuple[float, float, float]) -> torch.Tensor:
     """The current frame plus `blend` times the previous frame's dream carried along the
     flow, as a cnn-vis image (1, 3, H, W)."""
-    dream = previous_rgb.astype(np.float32) * (255.0 / MAX_LEVEL[depth]) - previous_photo
+    dream = stored_levels(previous_rgb, depth) - previous_photo
     carried = carry_along_flow(dream, grey(previous_photo), grey(photo), estimator)
-    start_rgb = photo.astype(np.float32) + blend * carried                       # (H, W, 3)
-    bgr = torch.from_numpy(np.ascontiguousarray(start_rgb[:, :, ::-1].transpose(2, 0, 1)))
-    return (bgr - torch.tensor(mean_bgr, dtype=torch.float32).view(3, 1, 1)).unsqueeze(0)
+    return levels_to_image(photo.astype(np.float32) + blend * carried, mean_bgr)
+
+
+def stored_levels(rgb: np.ndarray, depth: int) -> np.ndarray:
+    """A stored frame (uint8 or uint16 RGB at `depth` bits) as float32 in 0..255 units."""
+    return rgb.astype(np.float32) * (255.0 / MAX_LEVEL[depth])

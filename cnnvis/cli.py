@@ -28,9 +28,9 @@ from cnnvis.console import exit_status, guarded_process, signals_deferred
 from cnnvis.engine import keep_freed_memory
 from cnnvis.errors import Interrupted, NonFiniteImage, UserError
 from cnnvis.files import open_input, same_file
-from cnnvis.imageio import (check_writable_output, load_mean_colour, load_rgb, make_folder,
-                            save_png)
-from cnnvis.jobfiles import recorded, same_settings, save_contact_sheet, save_job_png, save_sidecar
+from cnnvis.imageio import (check_writable_output, differing_settings, load_mean_colour, load_rgb,
+                            make_folder, save_png)
+from cnnvis.jobfiles import recorded, save_contact_sheet, save_job_png, save_sidecar
 from cnnvis.model import VisModel
 from cnnvis.pixels import Picture
 from cnnvis.report import ConsoleObserver, progress_bar
@@ -426,7 +426,7 @@ def dream_jobs(command: CommandOptions, options: DreamOptions, neurons: str | No
     objectives: dict[int, float] = {}   # job index -> objective, of the pictures made
     for k, path in enumerate(paths):
         found = recorded(path) if path.is_file() else None
-        if found and same_settings(found[0], settings[k]):
+        if found and not differing_settings(found[0], settings[k]):
             objectives[k] = found[1]
     index = {job.name: k for k, job in enumerate(job_list)}
     pending = [job for k, job in enumerate(job_list) if k not in objectives]

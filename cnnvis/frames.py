@@ -16,9 +16,9 @@ from PIL import Image
 
 from cnnvis.errors import UserError
 from cnnvis.files import open_input
-from cnnvis.imageio import check_writable_output, make_folder, save_png
+from cnnvis.imageio import (SETTINGS_KEY, check_writable_output, differing_settings, make_folder,
+                            save_png, settings_text)
 
-SETTINGS_KEY = "cnn-vis:frame-settings"
 FRAME_NAME = re.compile(r"(\d{6})\.png")
 
 
@@ -30,7 +30,7 @@ class FrameStore:
         self.folder = output.with_name(f"{output.stem}_frames")
         self.depth = depth
         self.settings = dict(settings)
-        self.png_text = {**png_text, SETTINGS_KEY: json.dumps(self.settings, sort_keys=True)}
+        self.png_text = {**png_text, **settings_text(self.settings)}
 
     def path(self, number: int) -> Path:
         return self.folder / f"{number:06d}.png"
@@ -52,8 +52,8 @@ class FrameStore:
         """Refuse stored frames that other settings made, naming the settings that differ."""
         for number, settings in recorded_settings(self.folder).items():
             differences = [f"--{name} {_shown(settings.get(name))} there, "
-                           f"{_shown(value)} here" for name, value in self.settings.items()
-                           if settings.get(name) != value]
+                           f"{_shown(self.settings[name])} here"
+                           for name in differing_settings(settings, self.settings)]
             if differences:
                 raise UserError(f"--resume: frame {self.path(number)} was made by another "
                                 f"command ({'; '.join(differences)}); give the same options as "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import warnings
@@ -137,6 +138,22 @@ def save_png(path: PathLike, rgb: np.ndarray, text: Mapping[str, str] | None = N
             Image.fromarray(rgb).save(file, format="PNG", pnginfo=info)
         else:
             file.write(_png16(rgb, text))
+
+
+# The PNG text key of the settings that decide a picture's pixels (as JSON): a frame of a
+# sequence or a large job's picture made again with the same settings is reused.
+SETTINGS_KEY = "cnn-vis:settings"
+
+
+def settings_text(settings: Mapping[str, object]) -> dict[str, str]:
+    """PNG text recording `settings`."""
+    return {SETTINGS_KEY: json.dumps(settings, sort_keys=True)}
+
+
+def differing_settings(recorded: Mapping[str, object], settings: Mapping[str, object]) -> list[str]:
+    """The names of `settings` whose recorded value (as JSON kept it) is another."""
+    settings = json.loads(json.dumps(settings))
+    return [name for name, value in settings.items() if recorded.get(name) != value]
 
 
 def _encodable(text: str) -> str:

@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
-from cnnvis.imageio import atomic_write, save_png
+from cnnvis.imageio import SETTINGS_KEY, atomic_write, save_png, settings_text
 
-SETTINGS_KEY = "cnn-vis:settings"
 OBJECTIVE_KEY = "cnn-vis:objective"
 CELL_SIDES = (96, 224)          # a contact sheet's pictures: at least, at most this many pixels
 LABEL_HEIGHT = 16
@@ -24,8 +23,7 @@ BACKGROUND, INK = (24, 24, 24), (230, 230, 230)
 
 def save_job_png(path: Path, rgb: np.ndarray, png_text: Mapping[str, str],
                  settings: Mapping[str, object], objective: float) -> None:
-    save_png(path, rgb, {**png_text, SETTINGS_KEY: json.dumps(settings, sort_keys=True),
-                         OBJECTIVE_KEY: repr(objective)})
+    save_png(path, rgb, {**png_text, **settings_text(settings), OBJECTIVE_KEY: repr(objective)})
 
 
 def recorded(path: Path) -> tuple[dict, float] | None:
@@ -37,11 +35,6 @@ def recorded(path: Path) -> tuple[dict, float] | None:
             return json.loads(text[SETTINGS_KEY]), float(text[OBJECTIVE_KEY])
     except (OSError, UnidentifiedImageError, KeyError, ValueError, SyntaxError):
         return None
-
-
-def same_settings(recorded_settings: Mapping[str, object], settings: Mapping[str, object]) -> bool:
-    """Whether recorded settings are these (compared as JSON keeps them)."""
-    return recorded_settings == json.loads(json.dumps(settings))
 
 
 def save_contact_sheet(path: Path, pictures: Sequence[tuple[str, Path]],

@@ -31,6 +31,11 @@ def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def rgb_to_image(rgb: np.ndarray, mean_bgr: tuple[float, float, float]) -> torch.Tensor:
     """uint8 RGB (H, W, 3) -> float32 (1, 3, H, W): BGR pixel units minus the mean colour."""
     check_rgb(rgb)
+    return levels_to_image(rgb, mean_bgr)
+
+
+def levels_to_image(rgb: np.ndarray, mean_bgr: tuple[float, float, float]) -> torch.Tensor:
+    """RGB (H, W, 3) of any number type, in 0..255 units -> a cnn-vis image (1, 3, H, W)."""
     bgr = torch.from_numpy(np.ascontiguousarray(rgb[:, :, ::-1].transpose(2, 0, 1)))  # (3, H, W)
     mean = torch.tensor(mean_bgr, dtype=torch.float32).view(3, 1, 1)
     return (bgr.to(torch.float32) - mean).unsqueeze(0)  # (1, 3, H, W)

@@ -255,8 +255,7 @@ class _Sound:
                 self._target.mux(self._output.encode(resampled))
 
     def finish(self) -> None:
-        if self._pending is not None:
-            self._pending = None   # the frames end here: the rest of the sound is left out
+        """End the sound with the frames (what the input has beyond them is left out)."""
         if not self._copy:
             self._target.mux(self._output.encode(None))
         self._container.close()
