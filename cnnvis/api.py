@@ -246,10 +246,11 @@ def plan_sizes(options: DreamOptions, photo_size: tuple[int, int] | None,
     return sizes
 
 
-# Memory per pixel of the largest size, measured (benchmarks/bench.py, one step at 4K: 1.3 GB)
-# and rounded up: the image, its copy from before the step, the photo it is pulled towards,
-# the RMSProp caches of the overlapping regions, and the float64 copy made when it is saved.
-BYTES_PER_PIXEL = 100
+# Memory per pixel of the largest size, measured (benchmarks/bench.py, one step at 8K and the
+# PNG written: 2.5 GB, 0.3 GB of it before the optimisation) and rounded up: the image, its copy
+# from before the step, the RMSProp caches (about one image), the photo it is pulled towards,
+# the CNN gradients of a checkerboard group, and the picture made when it is saved.
+BYTES_PER_PIXEL = 80
 BASE_BYTES = 2 ** 30   # the model, PyTorch and the tiles in flight
 
 

@@ -20,7 +20,8 @@ from cnnvis.objectives import Objective
 from cnnvis.pixels import Picture, resize_grey, resize_rgb, rgb_to_image
 from cnnvis.regularizers import p_norm, total_variation
 from cnnvis.settings import DreamOptions
-from cnnvis.tiling import Region, checkerboard_groups, coverage_counts
+from cnnvis.tiling import (Region, checkerboard_groups, coverage_counts,
+                            reachable_positions, shifted_positions)
 
 RMSPROP_EPSILON = 1e-8
 
@@ -116,27 +117,17 @@ class Dream:
         if s.use_pixel_learning_rates:
             counts = coverage_counts(height, width, *tile)
             rates = torch.from_numpy(1.0 / counts).to(self.image)   # (H, W)
-        # RMSProp state, learning rate and TV strength start afresh at every size. Each
-        # region's cache lives in image coordinates, in the layer of its (row, col) parity
-        # (no two regions of a layer overlap), so that it can roll with the pixels.
-        caches = torch.zeros((4, 3, height, width), device=self.image.device)
+        # RMSProp state, learning rate and TV strength start afresh at every size.
+        caches = RMSPropCaches(height, width, tile, s.jitter, self.image.device)
         learning_rate, tv_reg = s.learning_rate, s.tv_reg
         watch = LastFinite(self.image)
         for step in range(1, s.num_steps + 1):
             stats = StepStats() if self.callback and step % s.output_iter == 0 else None
             watch.before_step(self.image)
             shift = self._jitter_shift()
-            if shift:
-                self.image, caches, anchor, mask = _rolled((self.image, caches, anchor, mask), shift)
-            try:
-                for group in groups:
-                    self._update_group(group, anchor, caches, rates, mask, learning_rate, tv_reg,
-                                       stats)
-            finally:   # also when interrupted: the image kept is never the rolled one
-                if shift:
-                    back = (-shift[0], -shift[1])
-                    self.image, caches, anchor, mask = _rolled((self.image, caches, anchor, mask),
-                                                               back)
+            for group in groups:
+                self._update_group(group, shift, anchor, caches, rates, mask, learning_rate,
+                                   tv_reg, stats)
             bad_step = watch.check(self.image, step, read=step % s.output_iter == 0
                                    or step == s.num_steps)
             if bad_step is not None:
@@ -152,41 +143,53 @@ class Dream:
             if stats is not None and self.callback is not None:
                 self.callback(self._report(size_index, step, stats))
 
-    def _jitter_shift(self) -> tuple[int, int] | None:
-        """This step's (dy, dx), each uniform in [-jitter, jitter]; None without jitter."""
+    def _jitter_shift(self) -> tuple[int, int]:
+        """This step's roll (dy, dx) of the image, each uniform in [-jitter, jitter]."""
         if self.options.jitter == 0:
-            return None
+            return 0, 0
         dy, dx = torch.randint(-self.options.jitter, self.options.jitter + 1, (2,),
                                generator=self.jitter_generator).tolist()
         return dy, dx
 
-    def _update_group(self, group: list[Region], anchor, caches, rates, mask,
-                      learning_rate: float, tv_reg: float, stats: StepStats | None) -> None:
-        """CNN gradients of all regions on the image as it is now, then each region's update in order."""
-        cnn_gradients = self._cnn_gradients(group, stats)
-        for region, cnn_gradient in zip(group, cnn_gradients):
-            pixels = self.image[0][region.slices]                       # (3, h, w) view
+    def _update_group(self, group: list[Region], shift: tuple[int, int], anchor, caches,
+                      rates, mask, learning_rate: float, tv_reg: float,
+                      stats: StepStats | None) -> None:
+        """CNN gradients of all regions on the image as it is now, then each region's update
+        in order. The regions lie on the image rolled by `shift`; it is read where they
+        land instead of being rolled."""
+        windows = [self._image_window(region, shift) for region in group]
+        cnn_gradients = self._cnn_gradients(windows, stats)
+        for region, window, cnn_gradient in zip(group, windows, cnn_gradients):
+            pixels = window.read(self.image[0])                          # (3, h, w)
             gradient = cnn_gradient + self._regulariser_gradient(
-                pixels, None if anchor is None else anchor[0][region.slices], tv_reg, stats)
-            cache = caches[region.parity][region.slices]                # (3, h, w) view
+                pixels, None if anchor is None else window.read(anchor[0]), tv_reg, stats)
+            cache_window = caches.window(region, window)
+            cache = cache_window.read(caches.layers[region.parity])      # (3, h, w)
             cache.mul_(self.options.decay_rate).addcmul_(gradient, gradient,
                                                           value=1 - self.options.decay_rate)
+            cache_window.write_back(caches.layers[region.parity], cache)
             step = -learning_rate * gradient / torch.sqrt(cache + RMSPROP_EPSILON)
             if rates is not None:
                 step = step * rates[region.slices]
             if mask is not None:
-                step = step * mask[region.slices]
+                step = step * window.read(mask)
             pixels += step
+            window.write_back(self.image[0], pixels)
             if stats is not None:
                 stats.add("cnn", cnn_gradient)
                 stats.regions += 1
                 stats.step_sizes.append(step.abs().flatten())
 
-    def _cnn_gradients(self, group: list[Region], stats: StepStats | None) -> list[torch.Tensor]:
+    def _image_window(self, region: Region, shift: tuple[int, int]) -> Window:
+        height, width = self.image.shape[-2:]
+        return Window(shifted_positions(region.y, region.height, shift[0], height),
+                      shifted_positions(region.x, region.width, shift[1], width))
+
+    def _cnn_gradients(self, windows: list[Window], stats: StepStats | None) -> list[torch.Tensor]:
         gradients = []
-        for start in range(0, len(group), self.options.batch_size):
-            batch = group[start:start + self.options.batch_size]
-            tiles = torch.stack([self.image[0][region.slices] for region in batch])  # (B, 3, h, w)
+        for start in range(0, len(windows), self.options.batch_size):
+            batch = windows[start:start + self.options.batch_size]
+            tiles = torch.stack([window.read(self.image[0]) for window in batch])  # (B, 3, h, w)
             loss, gradient = self.model.objective_gradient(tiles, self.objective)
             gradients.extend(gradient.unbind(0))
             if stats is not None:
@@ -227,6 +230,69 @@ class Dream:
             step_mean=float(steps.mean()), step_median=float(steps.median()))
 
 
-def _rolled(tensors, shift: tuple[int, int]) -> list:
-    """Each tensor (..., H, W) rolled by shift = (dy, dx) over its last two axes (None stays)."""
-    return [None if t is None else torch.roll(t, shift, dims=(-2, -1)) for t in tensors]
+@dataclass(frozen=True)
+class Window:
+    """Where one region's pixels lie in a tensor (..., H, W): two slices, read as a view that
+    the update changes in place, or (where the jitter's roll wraps the region around the
+    image's edge) two index arrays, read as a copy and written back."""
+
+    rows: slice | np.ndarray
+    cols: slice | np.ndarray
+
+    def read(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor[self._index()]
+
+    def write_back(self, tensor: torch.Tensor, values: torch.Tensor) -> None:
+        """Store `values`, read from `tensor` and changed since (a view needs nothing)."""
+        if not self._is_view():
+            tensor[self._index()] = values
+
+    def _is_view(self) -> bool:
+        return isinstance(self.rows, slice) and isinstance(self.cols, slice)
+
+    def _index(self) -> tuple:
+        if self._is_view():
+            return ..., self.rows, self.cols
+        rows, cols = (torch.arange(p.start, p.stop) if isinstance(p, slice)
+                      else torch.from_numpy(p) for p in (self.rows, self.cols))
+        return ..., rows[:, None], cols
+
+
+class RMSPropCaches:
+    """Each region's RMSProp cache: the running mean of its squared gradients.
+
+    A cache lives in image coordinates, so that it moves with the pixels under --jitter, in
+    the layer of its region's (row, col) parity: no two regions of a layer overlap. A layer
+    holds only the rows and columns that a region of its parity reaches at some shift: the
+    four layers together about one image in memory instead of four.
+    """
+
+    def __init__(self, height: int, width: int, tile: tuple[int, int], jitter: int,
+                 device: torch.device):
+        # For rows, then columns, and each parity: each position's index in a layer, or -1.
+        self.positions = [[_compact_indices(reachable_positions(length, tile_length, parity,
+                                                                jitter))
+                           for parity in (0, 1)]
+                          for length, tile_length in ((height, tile[0]), (width, tile[1]))]
+        rows, cols = self.positions
+        self.layers = [torch.zeros((3, int((r >= 0).sum()), int((c >= 0).sum())), device=device)
+                       for r in rows for c in cols]   # in the order of Region.parity
+
+    def window(self, region: Region, image_window: Window) -> Window:
+        """The window of the layer of `region`'s parity that holds its cache, for the
+        region read from the image at `image_window`."""
+        rows, cols = self.positions
+        return Window(_in_layer(image_window.rows, rows[region.row % 2]),
+                      _in_layer(image_window.cols, cols[region.col % 2]))
+
+
+def _compact_indices(reachable: np.ndarray) -> np.ndarray:
+    return np.where(reachable, np.cumsum(reachable) - 1, -1)
+
+
+def _in_layer(positions: slice | np.ndarray, layer_index: np.ndarray) -> slice | np.ndarray:
+    """Image positions (consecutive when a slice, all reachable) as indices into a layer."""
+    if isinstance(positions, slice):
+        first = int(layer_index[positions.start])
+        return slice(first, first + positions.stop - positions.start)
+    return layer_index[positions]

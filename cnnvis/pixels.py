@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 MAX_LEVEL = {8: 255, 16: 65535}   # the largest value of a channel at each output depth
+ROWS_PER_BAND = 256               # image_to_rgb's working set: 6 KB per pixel of width
 
 
 def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -75,19 +76,32 @@ def image_to_rgb(img: torch.Tensor, mean_bgr: tuple[float, float, float],
     """
     if img.ndim != 4 or tuple(img.shape[:2]) != (1, 3):
         raise ValueError(f"expected an image of shape (1, 3, H, W), got {tuple(img.shape)}")
-    # One float64 copy, then in place: a 4K image is 200 MB at each temporary.
-    bgr = img[0].detach().to("cpu", torch.float64, copy=True).numpy()  # (3, H, W)
-    bgr += np.asarray(mean_bgr, dtype=np.float64).reshape(3, 1, 1)
+    image = img[0].detach().cpu()                                        # (3, H, W)
+    mean = np.asarray(mean_bgr, dtype=np.float64).reshape(3, 1, 1)
+    stretch = None
     if rescale:
-        low, high = bgr.min(), bgr.max()
-        if high > low:
+        # The extremes of the float64 levels: float32 to float64 is exact and adding the
+        # mean keeps the order, so each channel's extremes give them.
+        channels = image.flatten(1)
+        low = float(np.min(channels.amin(1).numpy().astype(np.float64) + mean.ravel()))
+        high = float(np.max(channels.amax(1).numpy().astype(np.float64) + mean.ravel()))
+        stretch = (low, high) if high > low else None
+    rgb = np.empty(image.shape[1:] + (3,), dtype=np.uint8 if depth == 8 else np.uint16)
+    # In bands of rows, each as one float64 copy changed in place: an 8K image would be
+    # 800 MB at each whole-image temporary.
+    for top in range(0, rgb.shape[0], ROWS_PER_BAND):
+        bgr = image[:, top:top + ROWS_PER_BAND].to(torch.float64, copy=True).numpy()
+        bgr += mean
+        if stretch is not None:
+            low, high = stretch
             bgr -= low
             bgr *= 255.0 / (high - low)
-    np.clip(bgr, 0.0, 255.0, out=bgr)
-    if depth != 8:
-        bgr *= MAX_LEVEL[depth] / 255.0
-    np.rint(bgr, out=bgr)
-    return bgr[::-1].transpose(1, 2, 0).astype(np.uint8 if depth == 8 else np.uint16)  # (H, W, 3)
+        np.clip(bgr, 0.0, 255.0, out=bgr)
+        if depth != 8:
+            bgr *= MAX_LEVEL[depth] / 255.0
+        np.rint(bgr, out=bgr)
+        rgb[top:top + ROWS_PER_BAND] = bgr[::-1].transpose(1, 2, 0)     # (rows, W, 3)
+    return rgb
 
 
 def as_rgb(image: Image.Image | np.ndarray) -> np.ndarray:

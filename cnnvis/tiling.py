@@ -109,3 +109,22 @@ def _axis_coverage(length: int, tile: int) -> np.ndarray:
     for start in tile_starts(length, tile):
         counts[start:start + tile] += 1
     return counts
+
+
+def shifted_positions(start: int, length: int, shift: int, size: int) -> slice | np.ndarray:
+    """Where the positions start .. start + length - 1 of an axis rolled by `shift` come from
+    in the unrolled axis of `size`: (start - shift + k) mod size. A slice where they do not
+    wrap around the axis' end, else an index array."""
+    first = start - shift
+    if 0 <= first and first + length <= size:
+        return slice(first, first + length)
+    return (first + np.arange(length)) % size
+
+
+def reachable_positions(length: int, tile: int, parity: int, jitter: int) -> np.ndarray:
+    """Whether each position of an axis (a bool array (length,)) lies in a tile of the
+    given index parity once the axis is rolled by any shift in [-jitter, jitter]."""
+    reachable = np.zeros(length, dtype=bool)
+    for start in tile_starts(length, tile)[parity::2]:
+        reachable[np.arange(start - jitter, start + tile + jitter) % length] = True
+    return reachable

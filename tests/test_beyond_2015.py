@@ -15,8 +15,10 @@ from cnnvis.cli import main
 from cnnvis.engine import TorchEngine
 from cnnvis.model import VisModel
 from cnnvis.objectives import amplify_layer, amplify_neuron, guided, weighted
-from cnnvis.optimizer import Dream
+from cnnvis.optimizer import Dream, RMSPropCaches
+from cnnvis.regularizers import p_norm
 from cnnvis.settings import DreamOptions
+from cnnvis.tiling import checkerboard_groups
 from tests.cli_contract import refused
 from tests.test_caffe_net import TINY, tiny_weights
 
@@ -115,6 +117,47 @@ def test_jitter_keeps_the_rmsprop_state_with_its_pixels():
     """One region covers the image and every term is pointwise: rolled consistently (image,
     RMSProp state), a jittered run is the same as an unjittered one."""
     torch.testing.assert_close(square_dream(jitter=3), square_dream(jitter=0), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("jitter", [3, 11])
+def test_jitter_reads_the_regions_where_the_roll_puts_them(jitter):
+    """Several regions, wrapped around the edges: the same pixels, to the bit, as rolling
+    the image and four whole layers of RMSProp caches at each step and rolling them back."""
+    options = DreamOptions(target_layer="square", num_steps=5, p_reg=1e-3, tv_reg=0.0,
+                           learning_rate=0.1, jitter=jitter)
+    model = VisModel(SquareNetwork(), "square", (0.0, 0.0, 0.0))
+    objective = {"square": amplify_layer(1.0, 1.0, 5.0)}
+    initial = torch.randn(1, 3, 21, 13, generator=torch.Generator().manual_seed(0))
+    dreamed = Dream(model, options, [(21, 13)], objective, seed=5).run(initial, None)
+
+    shifts = torch.Generator().manual_seed(5)
+    image, caches = initial.clone(), torch.zeros(4, 3, 21, 13)
+    regions = checkerboard_groups(21, 13, 8, 8)
+    for _ in range(options.num_steps):
+        shift = tuple(torch.randint(-jitter, jitter + 1, (2,), generator=shifts).tolist())
+        image, caches = (torch.roll(t, shift, dims=(-2, -1)) for t in (image, caches))
+        for group in regions:
+            _, gradients = model.objective_gradient(
+                torch.stack([image[0][region.slices] for region in group]), objective)
+            for region, gradient in zip(group, gradients):
+                pixels, cache = image[0][region.slices], caches[region.parity][region.slices]
+                gradient = gradient + options.p_reg * p_norm(pixels, options.alpha).gradient
+                cache.mul_(options.decay_rate).addcmul_(gradient, gradient,
+                                                        value=1 - options.decay_rate)
+                pixels += -options.learning_rate * gradient / torch.sqrt(cache + 1e-8)
+        image, caches = (torch.roll(t, (-shift[0], -shift[1]), dims=(-2, -1))
+                         for t in (image, caches))
+    torch.testing.assert_close(dreamed, image, rtol=0, atol=0)
+
+
+def test_rmsprop_caches_take_about_one_image():
+    """Four parity layers, each holding only what its regions reach: at 8K about 1.06 image
+    (4 before), and a jitter adds its reach around each tile."""
+    def images(jitter: int) -> float:
+        layers = RMSPropCaches(4320, 7680, (224, 224), jitter, torch.device("meta")).layers
+        return sum(layer.numel() for layer in layers) / (3 * 4320 * 7680)
+    assert 1.0 < images(0) < 1.07
+    assert 1.3 < images(16) < 1.4
 
 
 def test_an_interrupted_jittered_step_keeps_the_image_unrolled():

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from cnnvis.tiling import Region, checkerboard_groups, coverage_counts, tile_starts
+from cnnvis.tiling import (Region, checkerboard_groups, coverage_counts, reachable_positions,
+                           shifted_positions, tile_starts)
 
 
 # Hand computation with tile l = 224 (starts = round(linspace(0, L - 224, num))):
@@ -108,3 +109,28 @@ def test_same_group_regions_in_a_row_or_column_do_not_overlap():
                     overlap_y = min(a.y + a.height, b.y + b.height) - max(a.y, b.y)
                     overlap_x = min(a.x + a.width, b.x + b.width) - max(a.x, b.x)
                     assert overlap_y <= 0 or overlap_x <= 0, (a, b)
+
+
+def test_shifted_positions_read_the_rolled_axis():
+    axis = np.arange(10) * 10
+    for start, length, shift in [(2, 4, 0), (2, 4, 2), (0, 4, 3), (7, 3, -1), (0, 10, 4)]:
+        rolled = np.roll(axis, shift)
+        positions = shifted_positions(start, length, shift, 10)
+        np.testing.assert_array_equal(axis[positions], rolled[start:start + length])
+    assert shifted_positions(2, 4, 2, 10) == slice(0, 4)          # no wrap: a view
+    np.testing.assert_array_equal(shifted_positions(0, 4, 3, 10), [7, 8, 9, 0])
+
+
+def test_reachable_positions_hand_worked():
+    # Length 250, tile 100: starts [0, 75, 150]; parity 0 has tiles 0 and 2, parity 1 tile 1.
+    np.testing.assert_array_equal(np.flatnonzero(~reachable_positions(250, 100, 0, 0)),
+                                  np.arange(100, 150))
+    np.testing.assert_array_equal(np.flatnonzero(reachable_positions(250, 100, 1, 0)),
+                                  np.arange(75, 175))
+    # A jitter of 5 reaches 5 further each way, around the axis' ends too.
+    np.testing.assert_array_equal(np.flatnonzero(reachable_positions(250, 100, 1, 5)),
+                                  np.arange(70, 180))
+    np.testing.assert_array_equal(np.flatnonzero(~reachable_positions(250, 100, 0, 5)),
+                                  np.arange(105, 145))
+    reach = reachable_positions(500, 224, 1, 10)                   # starts [0, 138, 276]
+    np.testing.assert_array_equal(np.flatnonzero(reach), np.arange(128, 372))
