@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from cnnvis.caffe import CaffeNet, parse_prototxt
-from cnnvis.caffe.layers import caffe_pool, caffe_pool_padded, caffe_pooled_size
+from cnnvis.caffe.layers import (_channel_window_sum, caffe_pool, caffe_pool_padded,
+                                 caffe_pooled_size)
 from cnnvis.errors import UserError
 from cnnvis.caffe.writer import blob_proto
 
@@ -145,6 +146,24 @@ def test_lrn_across_channels():
     window_sum = sum(squares[:, i:i + 7] for i in range(5))
     expected = xd / (2 + 0.3 / 5 * window_sum) ** 0.75
     np.testing.assert_allclose(run(net, x, "n"), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("channels, size", [(70, 5), (3, 5), (40, 3), (33, 1)])
+def test_lrn_window_sum_in_reduced_precision_rounds_once(channels, size):
+    """bfloat16 sums the window in float32 and rounds once (a banded product, in blocks),
+    in the blob's channels-last layout; float32 adds the window's slices."""
+    squares = torch.from_numpy(RNG.random((2, channels, 5, 6))).contiguous(
+        memory_format=torch.channels_last)
+    padded = np.pad(squares.numpy(), ((0, 0), (size // 2, size // 2), (0, 0), (0, 0)))
+    expected = sum(padded[:, i:i + channels] for i in range(size))
+    np.testing.assert_allclose(_channel_window_sum(squares, size).numpy(), expected, rtol=1e-12)
+    reduced = _channel_window_sum(squares.bfloat16(), size)
+    assert reduced.dtype == torch.bfloat16
+    assert reduced.is_contiguous(memory_format=torch.channels_last)
+    exact_terms = sum(np.pad(squares.bfloat16().double().numpy(),
+                             ((0, 0), (size // 2, size // 2), (0, 0), (0, 0)))[:, i:i + channels]
+                      for i in range(size))
+    np.testing.assert_allclose(reduced.double().numpy(), exact_terms, rtol=2 ** -8)
 
 
 def test_lrn_within_channel_uses_shift_one():

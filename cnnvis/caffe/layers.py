@@ -259,17 +259,42 @@ def _lrn_across_channels(x: torch.Tensor, size: int, alpha: float, beta: float,
     return _CrossChannelLRN.apply(x, size, alpha, beta, k)
 
 
+# Output channels per block of the reduced-precision window sum: of 32 to 96, the fastest for
+# GoogLeNet's norm2 (192 channels) in bfloat16 on a 2-core CPU.
+WINDOW_SUM_BLOCK = 32
+
+
 def _channel_window_sum(t: torch.Tensor, size: int) -> torch.Tensor:
     """Sum over the `size` channels centred on each channel (zeros beyond the edges).
 
-    In-place adds of shifted channel slices: no padded copy, and t's memory format kept.
+    In float32 and float64, in-place adds of shifted channel slices: no padded copy, and t's
+    memory format kept. In reduced precision, a banded product over the channels: on a CPU,
+    bfloat16 adds of channel slices of a channels-last blob take a slow path (3x a whole
+    blob's add), and the product sums in float32 and rounds once.
     """
-    total = t.clone()
-    channels = t.shape[1]
-    for shift in range(1, min(size // 2, channels - 1) + 1):  # no channel is farther away
-        total[:, shift:] += t[:, :channels - shift]
-        total[:, :channels - shift] += t[:, shift:]
-    return total
+    if t.dtype in (torch.float32, torch.float64):
+        total = t.clone()
+        channels = t.shape[1]
+        for shift in range(1, min(size // 2, channels - 1) + 1):  # no channel is farther away
+            total[:, shift:] += t[:, :channels - shift]
+            total[:, :channels - shift] += t[:, shift:]
+        return total
+    return _banded_channel_sum(t, size // 2)
+
+
+def _banded_channel_sum(t: torch.Tensor, half: int) -> torch.Tensor:
+    """Each channel's sum over channels at most `half` away, as (pixels, channels) times a
+    band matrix, in blocks of output channels (each reads only its channels and halo)."""
+    channels_last = t.movedim(1, -1)                      # a view of a channels-last blob
+    flat = channels_last.reshape(-1, t.shape[1])
+    index = torch.arange(t.shape[1], device=t.device)
+    band = ((index[:, None] - index[None, :]).abs() <= half).to(t.dtype)
+    blocks = []
+    for low in range(0, t.shape[1], WINDOW_SUM_BLOCK):
+        high = min(t.shape[1], low + WINDOW_SUM_BLOCK)
+        first, last = max(0, low - half), min(t.shape[1], high + half)
+        blocks.append(flat[:, first:last] @ band[first:last, low:high])
+    return torch.cat(blocks, 1).view(channels_last.shape).movedim(-1, 1)
 
 
 class _CrossChannelLRN(torch.autograd.Function):
