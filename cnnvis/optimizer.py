@@ -157,13 +157,18 @@ class Dream:
         """CNN gradients of all regions on the image as it is now, then each region's update
         in order. The regions lie on the image rolled by `shift`; it is read where they
         land instead of being rolled."""
-        windows = [self._image_window(region, shift) for region in group]
+        height, width = self.image.shape[-2:]
+        positions = [(shifted_positions(region.y, region.height, shift[0], height),
+                      shifted_positions(region.x, region.width, shift[1], width))
+                     for region in group]
+        windows = [Window.at(rows, cols, self.image.device) for rows, cols in positions]
         cnn_gradients = self._cnn_gradients(windows, stats)
-        for region, window, cnn_gradient in zip(group, windows, cnn_gradients):
+        for region, (rows, cols), window, cnn_gradient in zip(group, positions, windows,
+                                                               cnn_gradients):
             pixels = window.read(self.image[0])                          # (3, h, w)
             gradient = cnn_gradient + self._regulariser_gradient(
                 pixels, None if anchor is None else window.read(anchor[0]), tv_reg, stats)
-            cache_window = caches.window(region, window)
+            cache_window = caches.window(region, rows, cols)
             cache = cache_window.read(caches.layers[region.parity])      # (3, h, w)
             cache.mul_(self.options.decay_rate).addcmul_(gradient, gradient,
                                                           value=1 - self.options.decay_rate)
@@ -179,11 +184,6 @@ class Dream:
                 stats.add("cnn", cnn_gradient)
                 stats.regions += 1
                 stats.step_sizes.append(step.abs().flatten())
-
-    def _image_window(self, region: Region, shift: tuple[int, int]) -> Window:
-        height, width = self.image.shape[-2:]
-        return Window(shifted_positions(region.y, region.height, shift[0], height),
-                      shifted_positions(region.x, region.width, shift[1], width))
 
     def _cnn_gradients(self, windows: list[Window], stats: StepStats | None) -> list[torch.Tensor]:
         gradients = []
@@ -234,28 +234,35 @@ class Dream:
 class Window:
     """Where one region's pixels lie in a tensor (..., H, W): two slices, read as a view that
     the update changes in place, or (where the jitter's roll wraps the region around the
-    image's edge) two index arrays, read as a copy and written back."""
+    image's edge) two index tensors, read as a copy and written back."""
 
-    rows: slice | np.ndarray
-    cols: slice | np.ndarray
+    rows: slice | torch.Tensor
+    cols: slice | torch.Tensor
+
+    @classmethod
+    def at(cls, rows: slice | np.ndarray, cols: slice | np.ndarray,
+           device: torch.device) -> "Window":
+        """The window of these positions (a slice each where they are consecutive)."""
+        if isinstance(rows, slice) and isinstance(cols, slice):
+            return cls(rows, cols)
+        # non_blocking: a GPU copies the few indices without waiting for the work queued.
+        rows, cols = (torch.arange(p.start, p.stop, device=device) if isinstance(p, slice)
+                      else torch.from_numpy(p).to(device, non_blocking=True)
+                      for p in (rows, cols))
+        return cls(rows, cols)
 
     def read(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor[self._index()]
 
     def write_back(self, tensor: torch.Tensor, values: torch.Tensor) -> None:
         """Store `values`, read from `tensor` and changed since (a view needs nothing)."""
-        if not self._is_view():
+        if not isinstance(self.rows, slice):
             tensor[self._index()] = values
 
-    def _is_view(self) -> bool:
-        return isinstance(self.rows, slice) and isinstance(self.cols, slice)
-
     def _index(self) -> tuple:
-        if self._is_view():
+        if isinstance(self.rows, slice):
             return ..., self.rows, self.cols
-        rows, cols = (torch.arange(p.start, p.stop) if isinstance(p, slice)
-                      else torch.from_numpy(p) for p in (self.rows, self.cols))
-        return ..., rows[:, None], cols
+        return ..., self.rows[:, None], self.cols
 
 
 class RMSPropCaches:
@@ -277,13 +284,14 @@ class RMSPropCaches:
         rows, cols = self.positions
         self.layers = [torch.zeros((3, int((r >= 0).sum()), int((c >= 0).sum())), device=device)
                        for r in rows for c in cols]   # in the order of Region.parity
+        self.device = device
 
-    def window(self, region: Region, image_window: Window) -> Window:
+    def window(self, region: Region, rows: slice | np.ndarray, cols: slice | np.ndarray) -> Window:
         """The window of the layer of `region`'s parity that holds its cache, for the
-        region read from the image at `image_window`."""
-        rows, cols = self.positions
-        return Window(_in_layer(image_window.rows, rows[region.row % 2]),
-                      _in_layer(image_window.cols, cols[region.col % 2]))
+        region read from the image's `rows` and `cols`."""
+        row_index, col_index = self.positions
+        return Window.at(_in_layer(rows, row_index[region.row % 2]),
+                         _in_layer(cols, col_index[region.col % 2]), self.device)
 
 
 def _compact_indices(reachable: np.ndarray) -> np.ndarray:
