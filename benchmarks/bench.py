@@ -87,6 +87,8 @@ TILE = (224, 224)
 MAIN_TARGET = "inception_4d/3x3_reduce"
 TARGETS = (MAIN_TARGET, "inception_4e/output")
 BATCHES = (1, 8)
+# A GPU needs many tiles per run to be busy: the [precision] section's batches there.
+GPU_BATCHES = (1, 8, 64, 256)
 TWO_LAYERS = ("inception_4c/output", MAIN_TARGET)   # --target_layer with two blobs, one pass
 PIXEL_STD = 40.0  # noise tiles about as large as real pixels minus the mean colour
 OBJECTIVE = amplify_layer(l1_weight=1.0, l2_weight=1.0, grad_clip=5.0)  # the CLI's defaults
@@ -691,16 +693,17 @@ def section_precision(device: torch.device, timer: Timer) -> float | None:
     print(f"[precision] tile-step at {MAIN_TARGET} (GoogLeNet, random weights) by --precision, "
           f"in rounds; load {load_average()}", flush=True)
     models = {precision: googlenet_in(precision, device) for precision in precisions}
+    batches = GPU_BATCHES if device.type == "cuda" else BATCHES
     works = {(precision, batch): partial(tile_step, models[precision], noise_tiles(batch, device),
                                          MAIN_TARGET)
-             for precision in precisions for batch in BATCHES}
+             for precision in precisions for batch in batches}
     seconds = timer(works)
     rate = {key: key[1] / value for key, value in seconds.items()}
-    print(f"    {'precision':10} " + " ".join(f"{f'batch {b} tiles/s':>16}" for b in BATCHES)
+    print(f"    {'precision':10} " + " ".join(f"{f'batch {b} tiles/s':>16}" for b in batches)
           + f" {'vs fp32 (best batch)':>21}")
-    best = {p: max(rate[p, b] for b in BATCHES) for p in precisions}
+    best = {p: max(rate[p, b] for b in batches) for p in precisions}
     for precision in precisions:
-        print(f"    {precision:10} " + " ".join(f"{rate[precision, b]:16.2f}" for b in BATCHES)
+        print(f"    {precision:10} " + " ".join(f"{rate[precision, b]:16.2f}" for b in batches)
               + f" {best[precision] / best['fp32']:20.2f}x")
 
     print("    gradient of amplify_layer against float64, one photo tile, trained weights:")
