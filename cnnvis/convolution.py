@@ -12,10 +12,31 @@ GoogLeNet's conv1, forward and input gradient, is then 2x faster on a 2-core CPU
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 
 FEW_CHANNELS = 4  # an image (RGB, perhaps with alpha); wider inputs are fast as they are
+
+# The number type of the phased input gradients of the convolutions run in its scope
+# (`input_gradients_in`); None: their weights' type.
+_INPUT_GRADIENT_DTYPE: contextvars.ContextVar[torch.dtype | None] = contextvars.ContextVar(
+    "input_gradient_dtype", default=None)
+
+
+@contextlib.contextmanager
+def input_gradients_in(dtype: torch.dtype) -> Iterator[None]:
+    """Compute the phased input gradients of the convolutions run (forward) in this scope in
+    `dtype`, whatever their weights' type: a float32 first layer's backward in bfloat16 costs
+    no accuracy (its forward decides what the gradient follows) and half the time."""
+    token = _INPUT_GRADIENT_DTYPE.set(dtype)
+    try:
+        yield
+    finally:
+        _INPUT_GRADIENT_DTYPE.reset(token)
 
 
 def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
@@ -45,6 +66,7 @@ class _PhasedInputGradientConv(torch.autograd.Function):
     def forward(ctx, x, weight, bias, stride, padding):
         ctx.save_for_backward(weight)
         ctx.geometry = stride, padding, tuple(x.shape[-2:])
+        ctx.gradient_dtype = _INPUT_GRADIENT_DTYPE.get() or weight.dtype
         return F.conv2d(x, weight, bias, stride, padding)
 
     @staticmethod
@@ -53,13 +75,15 @@ class _PhasedInputGradientConv(torch.autograd.Function):
         (sh, sw), (ph, pw), (height, width) = ctx.geometry
         out_channels, in_channels, kh, kw = weight.shape
         taps_h, taps_w = -(-kh // sh), -(-kw // sw)  # the most taps any phase has
-        phase_kernels = weight.new_zeros(out_channels, in_channels, sh, sw, taps_h, taps_w)
+        phase_kernels = weight.new_zeros(out_channels, in_channels, sh, sw, taps_h, taps_w,
+                                         dtype=ctx.gradient_dtype)
         for a in range(min(sh, kh)):
             for b in range(min(sw, kw)):
                 taps = weight[:, :, a::sh, b::sw]
                 phase_kernels[:, :, a, b, :taps.shape[2], :taps.shape[3]] = taps
         by_phase = F.conv_transpose2d(
-            dy, phase_kernels.reshape(out_channels, in_channels * sh * sw, taps_h, taps_w))
+            dy.to(ctx.gradient_dtype),
+            phase_kernels.reshape(out_channels, in_channels * sh * sw, taps_h, taps_w))
         n, _, rows, columns = by_phase.shape
         # Element (c, a, b, r, q) is the gradient at row sh*r + a, column sw*q + b of the
         # zero-padded input.
@@ -69,4 +93,4 @@ class _PhasedInputGradientConv(torch.autograd.Function):
         # Rows and columns that no output window reached (the last ones, when the stride
         # does not divide the input) have gradient 0.
         dx = F.pad(dx, (0, width - dx.shape[-1], 0, height - dx.shape[-2]))
-        return dx, None, None, None, None
+        return dx.to(dy.dtype), None, None, None, None

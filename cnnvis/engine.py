@@ -7,12 +7,14 @@ converts cnn-vis images to and from that convention. Real Caffe is the other eng
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 from typing import Protocol, runtime_checkable
 
 import torch
 
+from cnnvis.convolution import input_gradients_in
 from cnnvis.errors import UserError
 from cnnvis.network import BlobNetwork
 from cnnvis.objectives import Objective
@@ -89,7 +91,9 @@ class TorchEngine:
     def objective_gradient(self, x: torch.Tensor,
                            objective: Objective) -> tuple[torch.Tensor, torch.Tensor]:
         losses, gradients = [], []
-        with torch.enable_grad():
+        reduced_gradients = (contextlib.nullcontext() if self.precision == "fp32"
+                             else input_gradients_in(DTYPES[self.precision]))
+        with torch.enable_grad(), reduced_gradients:
             for tiles in x.detach().split(self.tiles_per_run or len(x)):
                 tiles = tiles.contiguous(memory_format=torch.channels_last).requires_grad_(True)
                 blobs = self.network.forward_blobs(tiles, list(objective))
@@ -158,6 +162,8 @@ def reduce_precision(network: torch.nn.Module, dtype: torch.dtype) -> None:
     normalisation layers that follow it directly (`network.full_precision_modules()` where
     the network says which), stay float32, with the weightless layers that read them. Every
     module with weights casts its inputs to its own type; the rest run in the type they get.
+    (The engine computes the first layer's phased input gradient in `dtype` all the same:
+    `cnnvis.convolution.input_gradients_in`.)
     """
     keep = set(getattr(network, "full_precision_modules", lambda: [])())
     weighted = [m for m in network.modules() if any(

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnvis.convolution import conv2d
+from cnnvis.convolution import conv2d, input_gradients_in
 
 # (input channels, height, width, kernel, stride, padding): GoogLeNet's conv1, EfficientNet's
 # stem, strides that do not divide the input (rows no window reaches), a stride larger than
@@ -65,3 +65,27 @@ def test_weights_that_want_gradients_get_them():
     conv2d(x, weight, None, 2, 1).sum().backward()
     expected, = torch.autograd.grad(F.conv2d(x, weight, None, 2, 1).sum(), weight)
     torch.testing.assert_close(weight.grad, expected)
+
+
+def test_input_gradient_in_reduced_precision_where_asked():
+    """Under input_gradients_in(bfloat16) a float32 convolution's forward stays exact and its
+    phased input gradient is computed in bfloat16, handed back as float32."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 40, 40, generator=generator)
+    weight = torch.randn(8, 3, 7, 7, generator=generator)
+    top_gradient = torch.randn(2, 8, 20, 20, generator=generator)
+
+    def value_and_gradient():
+        xg = x.clone().requires_grad_(True)
+        y = conv2d(xg, weight, None, 2, 3)
+        return y.detach(), torch.autograd.grad(y, xg, top_gradient)[0]
+
+    exact_y, exact_gradient = value_and_gradient()
+    with input_gradients_in(torch.bfloat16):
+        y, gradient = value_and_gradient()
+    torch.testing.assert_close(y, exact_y, rtol=0, atol=0)
+    assert gradient.dtype == torch.float32
+    error = float((gradient - exact_gradient).norm() / exact_gradient.norm())
+    assert 1e-4 < error < 1e-2          # rounded to bfloat16, and only that
+    _, after = value_and_gradient()     # the scope has ended
+    torch.testing.assert_close(after, exact_gradient, rtol=0, atol=0)
