@@ -133,7 +133,8 @@ def test_target_runs_only_the_layers_it_needs(tmp_path):
     for layer in net.layers:
         layer.register_forward_hook(lambda module, inputs, outputs: ran.append(module.name))
     net(torch.zeros(1, 3, 12, 12), "branch_a")
-    assert ran == ["conv1", "relu1", "pool1", "norm1", "branch_a"]
+    # relu1 after pool1: see test_a_relu_before_a_max_pool_runs_after_it_to_the_same_bits.
+    assert ran == ["conv1", "pool1", "relu1", "norm1", "branch_a"]
 
 
 def test_in_place_blob_holds_value_after_in_place_layer(tmp_path):
@@ -216,3 +217,38 @@ def test_builders_compute_the_shapes_that_running_makes(name, net):
     with torch.no_grad():
         blobs = network.blobs(torch.zeros((1,) + network.input_shape))
     assert {blob: tuple(value.shape) for blob, value in blobs.items()} == network.blob_shapes
+
+
+RELU_THEN_POOL = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 15 dim: 15 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 6 kernel_size: 3 } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "leaky" type: "ReLU" bottom: "pool" top: "leaky" relu_param { negative_slope: 0.1 } }
+layer { name: "pool2" type: "Pooling" bottom: "leaky" top: "pool2"
+        pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+"""
+
+
+def test_a_relu_before_a_max_pool_runs_after_it_to_the_same_bits():
+    """max(relu(x)) = relu(max(x)): the plan pools first (the ReLU then works on the smaller
+    blob), with the same values and input gradient, to the bit, as every layer in order."""
+    net = CaffeNet(parse_prototxt(RELU_THEN_POOL), None)
+    names = lambda target: [net.layers[step.layer].name for step in net._plan((target,))]
+    assert names("pool") == ["conv", "pool", "relu"]
+    assert names("conv") == ["conv", "relu"]                      # the ReLU's own output
+    assert names("pool2") == ["conv", "pool", "relu", "leaky", "pool2"]  # a slope: kept
+    x = torch.randn(4, 3, 15, 15, generator=torch.Generator().manual_seed(0))
+    for target in ("pool", "pool2", "conv"):
+        planned = x.clone().requires_grad_(True)
+        value = net.forward(planned, target)
+        in_order = x.clone().requires_grad_(True)
+        expected = net.blobs(in_order)[target]                  # every layer, in order
+        assert torch.equal(value, expected)
+        top = torch.randn(value.shape, generator=torch.Generator().manual_seed(1))
+        (value * top).sum().backward()
+        (expected * top).sum().backward()
+        assert torch.equal(planned.grad, in_order.grad)
+    assert (net.forward(x, "pool") <= 0).any() and (net.forward(x, "conv") >= 0).all()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,10 @@ class CaffeNet(torch.nn.Module):
         shapes: dict[BlobVersion, tuple[int, ...]] = {(self.input_name, 0): (1,) + self.input_shape}
         self.layers = torch.nn.ModuleList()
         self.layer_types: list[str] = []
+        # Layers whose order `_plan` may swap: ReLUs without a slope (monotonic, and no
+        # two values they keep apart become equal) and MAX poolings.
+        self._plain_relus: set[int] = set()
+        self._max_pools: set[int] = set()
         self._steps: list[_Step] = []
         self.blob_names: list[str] = []
         for layer in layers:
@@ -101,6 +106,10 @@ class CaffeNet(torch.nn.Module):
                     self.blob_names.append(name)
             self.layers.append(CaffeLayer(layer.name, op, buffers))
             self.layer_types.append(layer.type)
+            if layer.type == "ReLU" and layer.relu_param.negative_slope == 0:
+                self._plain_relus.add(len(self.layers) - 1)
+            if layer.type == "Pooling" and layer.pooling_param.pool == pb.PoolingParameter.MAX:
+                self._max_pools.add(len(self.layers) - 1)
             self._steps.append(_Step(len(self.layers) - 1, bottoms, tops))
         self._final: dict[str, BlobVersion] = {name: (name, v) for name, v in versions.items()}
         # Each blob's shape for one image, as the layers' builders computed it.
@@ -166,14 +175,35 @@ class CaffeNet(torch.nn.Module):
             for target in targets:
                 if target not in self.blob_names:
                     raise unknown_blob(target, self.blob_names)
-            needed = {self._final[target] for target in targets}
+            finals = {self._final[target] for target in targets}
+            needed = set(finals)
             plan = []
             for step in reversed(self._steps):
                 if needed.intersection(step.tops):
                     plan.append(step)
                     needed.update(step.bottoms)
-            self._plans[targets] = plan[::-1]
+            self._plans[targets] = self._pooled_before_rectified(plan[::-1], finals)
         return self._plans[targets]
+
+    def _pooled_before_rectified(self, plan: list[_Step], finals: set[BlobVersion]) -> list[_Step]:
+        """`plan` with each ReLU that feeds only a MAX pooling run after it instead:
+        max(relu(x)) = relu(max(x)), value for value, and the gradient takes the same path
+        (the first largest value of each window, or none where that is not positive), but
+        the ReLU then works on the pooled blob (GoogLeNet's conv1: a quarter of the size).
+        Not where the ReLU's output is a target."""
+        readers = Counter(bottom for step in plan for bottom in step.bottoms)
+        swapped: list[_Step] = []
+        for step in plan:
+            relu = swapped[-1] if swapped else None
+            if (relu is not None and relu.layer in self._plain_relus
+                    and step.layer in self._max_pools and step.bottoms == relu.tops
+                    and readers[relu.tops[0]] == 1 and relu.tops[0] not in finals):
+                unrectified = (step.tops[0][0], -1)   # versions count from 0: no other has -1
+                swapped[-1:] = [_Step(step.layer, relu.bottoms, [unrectified]),
+                                _Step(relu.layer, [unrectified], step.tops)]
+            else:
+                swapped.append(step)
+        return swapped
 
     def _run(self, x: torch.Tensor, steps: list[_Step],
              keep: set[BlobVersion] | None) -> dict[BlobVersion, torch.Tensor]:
