@@ -317,7 +317,11 @@ class _LocalWorkers:
             initargs=(self.spec, self.plan, self.threads, devices))
 
     def submit(self, job: Job, photo: np.ndarray | None) -> concurrent.futures.Future:
-        future = self.executor.submit(_run_in_worker, job, photo)
+        try:
+            future = self.executor.submit(_run_in_worker, job, photo)
+        except BrokenProcessPool:   # a worker died since the last wait: the pool takes no more
+            self._restart()
+            future = self.executor.submit(_run_in_worker, job, photo)
         self.born[future] = self.generation
         return future
 
@@ -332,10 +336,14 @@ class _LocalWorkers:
                 broken |= self.born[future] == self.generation
             del self.born[future]
         if broken:   # every job of the broken pool fails with it: a new pool runs them again
-            self._end(wait=False)
-            self.generation += 1
-            self._start()
+            self._restart()
         return outcomes
+
+    def _restart(self) -> None:
+        """A new pool; the futures of the old one fail as WORKER_DIED without restarting it."""
+        self._end(wait=False)
+        self.generation += 1
+        self._start()
 
     def close(self) -> None:
         self._end(wait=not self.born)

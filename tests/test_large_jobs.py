@@ -82,8 +82,11 @@ def _then(function, after):
 
 
 def _kill_a_local_worker() -> list[int]:
+    """Kill one worker, and give its pool the time to see it: the next job then meets a broken
+    pool when it is submitted, as well as in the wait for the jobs in flight."""
     pid = multiprocessing.active_children()[0].pid
     os.kill(pid, signal.SIGKILL)
+    time.sleep(1)
     return [pid]
 
 
