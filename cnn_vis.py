@@ -9,7 +9,7 @@ in the `cnnvis` package; `cnnvis.cli.main` is the command line.
 """
 import sys
 
-from cnnvis.console import run_command_line
+from cnnvis.launcher import run_command_line
 
 if __name__ == "__main__":
     sys.exit(run_command_line())

@@ -3,6 +3,7 @@
     import cnnvis
     model = cnnvis.load_model("efficientnet_lite0")
     image = cnnvis.dream("photo.jpg", model, seed=0, num_steps=50)   # a PIL image
+    cnnvis.make(model="efficientnet_lite0", initial_image="photo.jpg", output_file="d.png")
 
 Importing the package changes nothing process-wide, and is quick: the names below load
 their modules (and PyTorch) on first use. See README.md, "Python API".
@@ -19,7 +20,10 @@ _PUBLIC = {
     "animate": "cnnvis.animation", "dream_video": "cnnvis.animation", "Frame": "cnnvis.animation",
     "AnimationOptions": "cnnvis.settings",
     "atlas": "cnnvis.jobs", "run_jobs": "cnnvis.jobs", "Job": "cnnvis.jobs",
-    "JobResult": "cnnvis.jobs", "ModelSpec": "cnnvis.jobs",
+    "JobResult": "cnnvis.jobs", "ModelSpec": "cnnvis.zoo",
+    "make": "cnnvis.workflows", "replay": "cnnvis.workflows", "list_layers": "cnnvis.workflows",
+    "list_models": "cnnvis.workflows", "classify": "cnnvis.workflows",
+    "download": "cnnvis.workflows", "Outcome": "cnnvis.request",
 }
 __all__ = list(_PUBLIC)
 

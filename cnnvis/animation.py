@@ -16,21 +16,27 @@ continues exactly as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
-from cnnvis.api import (ImageInput, build_objective, check_combinations, grey_mask, new_seed,
-                        plan_sizes, render_checked)
 from cnnvis.errors import UserError
 from cnnvis.imageio import as_photo
 from cnnvis.model import VisModel
 from cnnvis.motion import camera_move, carry_along_flow, flow_estimator, grey
 from cnnvis.optimizer import Report
 from cnnvis.pixels import MAX_LEVEL, Picture, levels_to_image, resize_rgb
-from cnnvis.settings import AnimationOptions, DreamOptions, check_seed, options_from_keywords
+from cnnvis.plan import (Plan, build_objective, check_combinations, grey_mask, new_seed,
+                         plan_picture, run_plan)
+from cnnvis.settings import (AnimationOptions, DreamOptions, check_seed, default,
+                             options_from_keywords)
+
+ImageInput = str | Path | Image.Image | np.ndarray | None
 
 # A frame's stored pixels when it was made before (uint8 or uint16 RGB), else None.
 StoredFrames = Callable[[int], "np.ndarray | None"]
@@ -58,32 +64,54 @@ def parse_pan(text: str) -> tuple[float, float]:
                     "with ',', e.g. 2,-1.")
 
 
-class _FrameMaker:
-    """What every frame of one sequence shares: the model, the objective (built once), the
-    options of frame 1 and of the later frames, the seed, the mask and the callbacks."""
+@dataclass(frozen=True)
+class SequencePlan:
+    """A sequence, checked: frame 1's plan (its photo given frame by frame), the options of
+    the later frames, the camera or the flow, the guide (uint8 RGB or None), the seed of
+    frame 1 (frame n gets seed + n - 1) and the depth the frames are stored at."""
 
-    def __init__(self, model: VisModel, options: dict, seed: int | None, guide: ImageInput,
-                 mask: ImageInput, callback, progress, depth: int, stored: StoredFrames | None,
-                 has_photo: bool):
-        self.first, self.animation = options_from_keywords(options, DreamOptions, AnimationOptions)
-        seed = check_seed(seed)
-        self.seed = new_seed() if seed is None else seed
-        if depth not in MAX_LEVEL:
-            raise ValueError(f"depth must be 8 or 16, not {depth}")
-        self.depth = depth
-        self.model = model
-        self.guide_rgb = None if guide is None else as_photo(guide, "--guide_image")
-        self.mask_grey = None if mask is None else grey_mask(mask)
+    first: Plan
+    later: DreamOptions
+    animation: AnimationOptions
+    guide_rgb: np.ndarray | None
+    depth: int
+
+
+def plan_sequence(options: dict, *, photo_size: tuple[int, int] | None,
+                  input_size: tuple[int, int], device: torch.device, seed: int | None = None,
+                  guide: ImageInput = None, mask: ImageInput = None,
+                  depth: int = default("output_depth")) -> SequencePlan:
+    """Check a sequence's `options` (the `DreamOptions` and `AnimationOptions` keywords)
+    together and plan frame 1 for a photo of `photo_size` (None: noise), on a network of
+    `input_size`, before any model loads."""
+    first, animation = options_from_keywords(options, DreamOptions, AnimationOptions)
+    seed = check_seed(seed)
+    if depth not in MAX_LEVEL:
+        raise ValueError(f"depth must be 8 or 16, not {depth}")
+    guide_rgb = None if guide is None else as_photo(guide, "--guide_image")
+    mask_grey = None if mask is None else grey_mask(mask)
+    # A later frame's photo is the frame before it.
+    check_combinations(first, photo_size is not None or animation.frames > 1,
+                       guide_rgb is not None)
+    plan = plan_picture(first, None, mask_grey, input_size, device,
+                        new_seed() if seed is None else seed, photo_size=photo_size)
+    # Later frames: one size, the final one (their photo already has it).
+    later = dataclasses.replace(first, initial_size=None, final_size=None, num_sizes=1,
+                                num_steps=animation.frame_steps or first.num_steps)
+    return SequencePlan(plan, later, animation, guide_rgb, depth)
+
+
+class _FrameMaker:
+    """What every frame of one sequence shares: the plan, the model, the objective (built
+    once), the later frames' plan (made once) and the callbacks."""
+
+    def __init__(self, plan: SequencePlan, model: VisModel, callback, progress,
+                 stored: StoredFrames | None):
+        self.plan, self.model = plan, model
         self.callback, self.progress = callback, progress
         self.stored = stored or (lambda number: None)
-        # Later frames: one size, the final one (their photo already has it).
-        self.later = dataclasses.replace(
-            self.first, initial_size=None, final_size=None, num_sizes=1,
-            num_steps=self.animation.frame_steps or self.first.num_steps)
-        # A later frame's photo is the frame before it.
-        check_combinations(self.first, has_photo or self.animation.frames > 1,
-                           self.guide_rgb is not None)
         self.objective = None
+        self.later_plan = None
 
     def make(self, number: int, photo: np.ndarray | None, later: bool,
              start: Callable[[], torch.Tensor | None] = lambda: None) -> Frame:
@@ -91,25 +119,31 @@ class _FrameMaker:
         rgb = self.stored(number)
         if rgb is not None:
             return Frame(number, rgb, None)
+        plan = self.plan
         if self.objective is None:
-            self.objective = build_objective(self.model, self.first, self.guide_rgb)
+            self.objective = build_objective(self.model, plan.first.options, plan.guide_rgb)
+        if not later:
+            frame_plan = plan.first
+        else:
+            if self.later_plan is None:   # every later photo has the final size
+                self.later_plan = plan_picture(plan.later, photo, plan.first.mask,
+                                               self.model.input_size, self.model.device,
+                                               plan.first.seed)
+            frame_plan = self.later_plan
         callback = self.callback and (
             lambda report: self.callback(dataclasses.replace(report, frame=number)))
-        picture = render_checked(photo, self.model, self.later if later else self.first,
-                                 self.seed + number - 1,
-                                 mask_grey=self.mask_grey, objective=self.objective, start=start(),
-                                 callback=callback, progress=self.progress)
-        return Frame(number, picture.rgb(self.depth), picture)
-
-    def final_size(self, photo_size: tuple[int, int] | None) -> tuple[int, int]:
-        return plan_sizes(self.first, photo_size, self.model.input_size)[-1]
+        picture = run_plan(dataclasses.replace(frame_plan, photo=photo,
+                                               seed=plan.first.seed + number - 1),
+                           self.model, self.objective, start=start(), callback=callback,
+                           progress=self.progress)
+        return Frame(number, picture.rgb(plan.depth), picture)
 
 
 def animate(image: ImageInput, model: VisModel, *, seed: int | None = None,
             callback: Callable[[Report], None] | None = None,
             progress: Callable[[int, int], None] | None = None, guide: ImageInput = None,
-            mask: ImageInput = None, depth: int = 8, stored: StoredFrames | None = None,
-            **options) -> Iterator[Frame]:
+            mask: ImageInput = None, depth: int = default("output_depth"),
+            stored: StoredFrames | None = None, **options) -> Iterator[Frame]:
     """A zoom sequence: yields `frames` frames, each as soon as it is made.
 
     `image`, `guide`, `mask`, `seed` and the `DreamOptions` keywords are `cnnvis.dream`'s;
@@ -118,16 +152,26 @@ def animate(image: ImageInput, model: VisModel, *, seed: int | None = None,
     `depth` (8 or 16) is the depth the frames are stored at; `stored(number)` gives the
     pixels of a frame made before (to resume), or None.
     """
-    maker = _FrameMaker(model, options, seed, guide, mask, callback, progress, depth, stored,
-                        has_photo=image is not None)
-    animation = maker.animation
-    pan = parse_pan(animation.pan)
     photo = None if image is None else as_photo(image)
+    plan = plan_sequence(options, photo_size=None if photo is None else photo.shape[:2],
+                         input_size=model.input_size, device=model.device, seed=seed,
+                         guide=guide, mask=mask, depth=depth)
+    return zoom_frames(plan, model, photo, callback=callback, progress=progress, stored=stored)
+
+
+def zoom_frames(plan: SequencePlan, model: VisModel, photo: np.ndarray | None, *,
+                callback: Callable[[Report], None] | None = None,
+                progress: Callable[[int, int], None] | None = None,
+                stored: StoredFrames | None = None) -> Iterator[Frame]:
+    """`animate` of a planned sequence (`plan_sequence`) from `photo` (uint8 RGB or None)."""
+    maker = _FrameMaker(plan, model, callback, progress, stored)
+    animation = plan.animation
+    pan = parse_pan(animation.pan)
     previous = maker.make(1, photo, later=False)
     yield previous
     for number in range(2, animation.frames + 1):
-        moved = camera_move(stored_levels(previous.rgb, depth), animation.zoom, animation.rotate,
-                            pan)
+        moved = camera_move(stored_levels(previous.rgb, plan.depth), animation.zoom,
+                            animation.rotate, pan)
         photo = np.rint(np.clip(moved, 0, 255)).astype(np.uint8)
         previous = maker.make(number, photo, later=True)
         yield previous
@@ -136,8 +180,8 @@ def animate(image: ImageInput, model: VisModel, *, seed: int | None = None,
 def dream_video(video_frames: Iterable[tuple[int, np.ndarray]], model: VisModel, *,
                 seed: int | None = None, callback: Callable[[Report], None] | None = None,
                 progress: Callable[[int, int], None] | None = None, guide: ImageInput = None,
-                mask: ImageInput = None, depth: int = 8, stored: StoredFrames | None = None,
-                **options) -> Iterator[Frame]:
+                mask: ImageInput = None, depth: int = default("output_depth"),
+                stored: StoredFrames | None = None, **options) -> Iterator[Frame]:
     """A dreamed video: yields one frame per (number, uint8 RGB frame) of `video_frames`, each as
     soon as it is made, and reads the next input frame only then.
 
@@ -145,9 +189,25 @@ def dream_video(video_frames: Iterable[tuple[int, np.ndarray]], model: VisModel,
     `AnimationOptions` instead of the camera's. Each frame is dreamed at its own size,
     or at `final_size`.
     """
-    maker = _FrameMaker(model, options, seed, guide, mask, callback, progress, depth, stored,
-                        has_photo=True)
-    animation = maker.animation
+    video_frames = iter(video_frames)
+    first = next(video_frames, None)
+    if first is None:
+        return iter(())
+    plan = plan_sequence(options, photo_size=as_photo(first[1]).shape[:2],
+                         input_size=model.input_size, device=model.device, seed=seed,
+                         guide=guide, mask=mask, depth=depth)
+    return video_dream_frames(plan, model, itertools.chain([first], video_frames),
+                              callback=callback, progress=progress, stored=stored)
+
+
+def video_dream_frames(plan: SequencePlan, model: VisModel,
+                       video_frames: Iterable[tuple[int, np.ndarray]], *,
+                       callback: Callable[[Report], None] | None = None,
+                       progress: Callable[[int, int], None] | None = None,
+                       stored: StoredFrames | None = None) -> Iterator[Frame]:
+    """`dream_video` of a planned sequence (`plan_sequence`)."""
+    maker = _FrameMaker(plan, model, callback, progress, stored)
+    animation, depth = plan.animation, plan.depth
     estimator = flow_estimator() if animation.flow != "none" and animation.blend > 0 else None
     previous = None   # (input frame at the final size, output frame) of the frame before
     for number, photo in video_frames:

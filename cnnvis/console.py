@@ -3,7 +3,8 @@
 A finished image must never be lost to what happens around the run: a closed terminal
 or a pipe whose reader went away (`| head`), a closed stderr (`2>&-`), SIGTERM from a job
 scheduler or `timeout`, or Ctrl-C in the middle of writing the PNG. Only the command
-line uses this module; it changes process-wide state for the duration of `main` only.
+line uses this module; it changes process-wide state for the duration of `main` only
+(files are written with signals held back: `cnnvis.signals`).
 """
 from __future__ import annotations
 
@@ -15,20 +16,6 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def run_command_line() -> int:
-    """`python cnn_vis.py` and the `cnn-vis` command: the command line, with Ctrl-C during
-    the seconds of importing PyTorch ending in one line too."""
-    try:
-        from cnnvis.cli import main
-    except KeyboardInterrupt:
-        print("cnn-vis: interrupted.", file=sys.stderr)
-        return 128 + signal.SIGINT
-    return main()
-
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C: the image is saved, and the exit status is 143."""
@@ -111,31 +98,3 @@ def guarded_process() -> Iterator[None]:
 
 def _terminate(signum, frame) -> None:
     raise Terminated()
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM back while the body runs (a PNG being written); a signal that
-    came meanwhile takes effect when it ends, with the file complete.
-
-    Done with Python-level handlers rather than a signal mask: the operating system may hand
-    a process-directed signal to any thread, PyTorch's workers among them, but Python runs
-    its handlers in the main thread.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = {number: signal.signal(number, lambda signum, frame: received.append(signum))
-                for number in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-    if received:   # the body finished: now the signal does what it would have done
-        handler = previous[received[0]]
-        if callable(handler):
-            handler(received[0], None)
-        elif handler == signal.SIG_DFL:
-            signal.raise_signal(received[0])

@@ -8,10 +8,13 @@ that names the file and the option it came from.
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import stat
 from pathlib import Path
 from typing import BinaryIO
+
+from PIL import Image
 
 from cnnvis.errors import UserError
 
@@ -84,3 +87,34 @@ def same_file(a: PathLike, b: PathLike) -> bool:
         return os.path.samefile(a, b)
     except (OSError, ValueError):
         return Path(a).absolute() == Path(b).absolute()
+
+
+IMAGE_SUFFIXES = frozenset(suffix for suffix, _ in Image.registered_extensions().items())
+
+
+def image_files(source: str) -> list[Path] | None:
+    """The images of a folder (its files whose suffix is an image format's) or of a glob
+    pattern, sorted; None when `source` is neither (a single image file)."""
+    path = Path(source)
+    try:
+        is_dir, exists = path.is_dir(), path.exists()
+    except OSError:   # e.g. a name too long: reading it as an image says what is wrong
+        return None
+    if is_dir:
+        found = sorted(p for p in path.iterdir()
+                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        what = "is a directory with no images in it"
+    elif not exists and glob.has_magic(source):
+        found = sorted(Path(p) for p in glob.glob(source) if Path(p).is_file())
+        what = "matches no files"
+    else:
+        return None
+    if not found:
+        raise UserError(f"--initial_image '{source}' {what}; give the path of a file, a folder "
+                        "of PNG or JPEG images, or a pattern such as 'photos/*.jpg'.")
+    return found
+
+
+def expanded(path: str | None) -> str | None:
+    """`path` with ~ and $VARIABLES expanded ($CAFFE_ROOT in the 2015 commands)."""
+    return path and os.path.expanduser(os.path.expandvars(path))

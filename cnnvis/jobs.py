@@ -23,7 +23,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
-import glob
 import multiprocessing
 import os
 import signal
@@ -37,45 +36,22 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cnnvis import zoo
-from cnnvis.api import (ImageInput, build_objective, check_combinations, grey_mask, load_model,
-                        new_seed, parse_list, render_checked, resolve_target)
 from cnnvis.engine import keep_freed_memory
 from cnnvis.errors import UserError
 from cnnvis.imageio import as_photo
 from cnnvis.model import VisModel
 from cnnvis.objectives import Objective
 from cnnvis.pixels import MAX_LEVEL
-from cnnvis.settings import DreamOptions, check_seed
+from cnnvis.plan import (build_objective, check_combinations, grey_mask, new_seed, parse_list,
+                         plan_picture, resolve_target, run_plan)
+from cnnvis.settings import DreamOptions, check_seed, default
 from cnnvis.tiling import checkerboard_groups
+from cnnvis.zoo import ModelSpec
+
+ImageInput = str | Path | Image.Image | np.ndarray | None
 
 RETRIES = 3   # further tries of a job whose worker died (Ray's default for tasks too)
 WORKER_DIED = "the worker process running it died (out of memory, or killed)"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """How a worker loads the model: the arguments of `cnnvis.load_model` (a model is not
-    sent to workers; each loads its own once). `keep_freed_memory`: the command line's
-    malloc setting in each worker process (see `cnnvis.keep_freed_memory`)."""
-
-    name: str = zoo.DEFAULT_MODEL
-    deploy_txt: str | None = None
-    caffe_model: str | None = None
-    backend: str = "torch"
-    mean_bgr: tuple[float, float, float] | None = None
-    device: str | None = None          # None: the GPU if there is one, else the CPU
-    keep_freed_memory: bool = False
-    precision: str = "fp32"
-
-    def load(self, device: str | None = None) -> VisModel:
-        """The model, on `device` (default: the spec's)."""
-        model = load_model(self.name, deploy_txt=self.deploy_txt, caffe_model=self.caffe_model,
-                           device=device or self.device, backend=self.backend,
-                           mean_bgr=self.mean_bgr, precision=self.precision)
-        if self.keep_freed_memory and model.device.type == "cpu":
-            keep_freed_memory()
-        return model
 
 
 @dataclass(frozen=True)
@@ -114,7 +90,8 @@ class _Plan:
 
 
 def run_jobs(jobs: Iterable[Job], model: VisModel | ModelSpec, *, guide: ImageInput = None,
-             mask: ImageInput = None, depth: int = 8, workers: int | None = None,
+             mask: ImageInput = None, depth: int = default("output_depth"),
+             workers: int | None = None,
              ray: str | None = None, **options) -> Iterator[JobResult]:
     """Run `jobs`, yielding each one's result as soon as it finishes (so not in order).
 
@@ -190,32 +167,6 @@ def neuron_list(text: str, model: VisModel, options: DreamOptions) -> list[int]:
     return neurons
 
 
-IMAGE_SUFFIXES = frozenset(suffix for suffix, _ in Image.registered_extensions().items())
-
-
-def image_files(source: str) -> list[Path] | None:
-    """The images of a folder (its files whose suffix is an image format's) or of a glob
-    pattern, sorted; None when `source` is neither (a single image file)."""
-    path = Path(source)
-    try:
-        is_dir, exists = path.is_dir(), path.exists()
-    except OSError:   # e.g. a name too long: reading it as an image says what is wrong
-        return None
-    if is_dir:
-        found = sorted(p for p in path.iterdir()
-                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        what = "is a directory with no images in it"
-    elif not exists and glob.has_magic(source):
-        found = sorted(Path(p) for p in glob.glob(source) if Path(p).is_file())
-        what = "matches no files"
-    else:
-        return None
-    if not found:
-        raise UserError(f"--initial_image '{source}' {what}; give the path of a file, a folder "
-                        "of PNG or JPEG images, or a pattern such as 'photos/*.jpg'.")
-    return found
-
-
 # --------------------------------------------------------------------------- one job
 
 
@@ -223,8 +174,8 @@ def _render(model: VisModel, plan: _Plan, job: Job, photo: np.ndarray | None) ->
     settings = dataclasses.replace(plan.options, **job.options)
     try:
         objective = build_objective(model, settings, plan.guide_rgb)
-        picture = render_checked(photo, model, settings, job.seed, mask_grey=plan.mask_grey,
-                                 objective=objective)
+        picture = run_plan(plan_picture(settings, photo, plan.mask_grey, model.input_size,
+                                        model.device, job.seed), model, objective)
     except UserError as error:   # also NonFiniteImage
         return JobResult(job, None, None, str(error))
     return JobResult(job, picture.rgb(plan.depth), objective_value(model, objective, picture.image))
@@ -366,7 +317,7 @@ def _start_worker(spec: ModelSpec, plan: _Plan, threads: int, devices) -> None:
     # Ctrl-C reaches the whole process group; the caller keeps what is finished and ends us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
-    _worker = (spec.load(devices.get()), plan)
+    _worker = (_load_in_worker(spec, devices.get()), plan)
 
 
 def _run_in_worker(job: Job, photo: np.ndarray | None) -> JobResult:
@@ -426,9 +377,17 @@ def import_ray():
     return ray
 
 
+def _load_in_worker(spec: ModelSpec, device: str | None = None) -> VisModel:
+    """A worker process's model, with the malloc setting of the process that started it."""
+    model = spec.load(device)
+    if spec.keep_freed_memory and model.device.type == "cpu":
+        keep_freed_memory()
+    return model
+
+
 @functools.lru_cache(maxsize=1)
 def _worker_model(spec: ModelSpec) -> VisModel:
-    return spec.load()
+    return _load_in_worker(spec)
 
 
 def _ray_job(shared: tuple[ModelSpec, _Plan], job: Job, photo: np.ndarray | None) -> JobResult:

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from cnnvis.errors import UserError
 from cnnvis.imageio import atomic_write, intermediate_path, save_png, sibling_path
 from cnnvis.optimizer import Report
+from cnnvis.settings import ACTIONS, DreamOptions
 
 # Pixels whose values `plot_pix` follows, as fractions of the height and width, so that they
 # stay the same pixels of the picture when the image grows.
@@ -174,3 +175,27 @@ def format_report(report: Report) -> str:
             f"objective={report.objective:.4g} p_loss={report.p_loss:.4g} tv_loss={report.tv_loss:.4g} | "
             f"|grad| {gradients} | step mean={report.step_mean:.3g} median={report.step_median:.3g} | "
             f"image mean={float(image.mean()):.3g} std={float(image.std()):.3g}")
+
+
+def parse_actions(text: str) -> list[str]:
+    """The actions of --iter_behavior's `text` ('save+print')."""
+    actions = [a for a in text.split("+") if a]
+    unknown = [a for a in actions if a not in ACTIONS]
+    if unknown:
+        raise UserError(f"--iter_behavior '{text}' has unknown action(s) {', '.join(unknown)}; "
+                        f"join any of {', '.join(ACTIONS)} with '+', e.g. save+print.")
+    return actions
+
+
+def describe_dream(options: DreamOptions, guide: str | None, mask: str | None) -> str:
+    """The print line that opens a run: what is amplified, and the controls beyond 2015."""
+    layers = options.target_layer or "the model's default layer"
+    parts = [f"{options.image_type} of {layers}"]
+    for text, given in ((f"weights {options.layer_weights}", options.layer_weights),
+                        (f"channels {options.channels}", options.channels),
+                        (f"guide {guide}", guide), (f"mask {mask}", mask),
+                        (f"jitter {options.jitter} px", options.jitter),
+                        ("the photo's colours kept", options.preserve_colors)):
+        if given:
+            parts.append(text)
+    return "cnn-vis: " + "; ".join(parts)

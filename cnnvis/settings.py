@@ -34,6 +34,9 @@ ACTIONS = ("print", "save", "show", "plot_pix")
 OUTPUT_DEPTHS = (8, 16)
 FLOWS = ("dis", "none")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".gif")   # outputs that hold a sequence of frames
+# The runs an option is for: any, zoom sequences, dreamed videos, both kinds of sequence,
+# large jobs, or a model tool.
+APPLIES = ("any", "zoom", "video", "sequence", "jobs", "tool")
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,14 @@ class Setting:
     choices: tuple | None = None
     metavar: str | None = None
     several: bool = False   # on the command line also a list, one job per value (cnnvis.jobs)
+    # Whether the value decides a picture's pixels: recorded with each frame and job picture,
+    # and compared when --resume (or a large job made again) reuses them.
+    recorded: bool = True
+    # Whether --replay takes it from a recorded command (what runs where, not what is made,
+    # is the replaying user's choice).
+    replayed: bool = True
+    path: bool = False      # a file or folder: recorded as an absolute path
+    applies: str = "any"    # the runs it is for: one of APPLIES
 
     def parse(self, flag: str, text: str) -> Any:
         """The value of command-line `text`, checked; a UserError naming `flag` otherwise.
@@ -128,7 +139,7 @@ class DreamOptions:
     is checked when the object is made, with the messages the command line prints.
     """
 
-    batch_size: int = option(1, int, "image patches computed in parallel", GROUPS[0], minimum=1)
+    batch_size: int = option(1, int, "image patches computed in parallel", GROUPS[0], minimum=1, recorded=False)
     image_type: str = option("amplify_layer", str, "what to amplify", GROUPS[1], choices=IMAGE_TYPES)
     target_layer: str | None = option(
         None, str, "blob to amplify, or several joined with ',' (default: the model's own, "
@@ -203,7 +214,7 @@ class DreamOptions:
     rescale_image: bool = option(
         False, bool, "map the image's [min, max] to [0, 255] instead of clipping", GROUPS[9])
     output_iter: int = option(50, int, "steps between reports (--iter_behavior, callbacks)",
-                              GROUPS[9], minimum=1)
+                              GROUPS[9], minimum=1, recorded=False)
 
     def __post_init__(self):
         _check_fields(self)
@@ -221,21 +232,21 @@ class AnimationOptions:
 
     frames: int = option(1, int, "frames of a zoom sequence: frame 1 is the usual picture, each "
                          "later one dreams on the previous one moved by --zoom, --rotate and "
-                         "--pan (at most 1000000)", GROUPS[10], minimum=1, maximum=1_000_000)
+                         "--pan (at most 1000000)", GROUPS[10], minimum=1, maximum=1_000_000, recorded=False, applies="zoom")
     zoom: float = option(1.0, float, "scale per frame about the centre: above 1 zooms in (at "
-                         "most 10)", GROUPS[10], minimum=0, above=True, maximum=10)
+                         "most 10)", GROUPS[10], minimum=0, above=True, maximum=10, applies="zoom")
     rotate: float = option(0.0, float, "degrees per frame, anticlockwise", GROUPS[10],
-                           minimum=-180, maximum=180)
+                           minimum=-180, maximum=180, applies="zoom")
     pan: str = option("0,0", str, "DX,DY: pixels per frame that the picture moves right and "
-                      "down", GROUPS[10], metavar="DX,DY")
+                      "down", GROUPS[10], metavar="DX,DY", applies="zoom")
     frame_steps: int | None = option(None, int, "steps of each frame after the first, at the "
-                                     "final size (default: --num_steps)", GROUPS[10], minimum=1)
+                                     "final size (default: --num_steps)", GROUPS[10], minimum=1, applies="sequence")
     blend: float = option(0.5, float, "dreamed video: share of the previous frame's dream "
                           "(its output minus its input) carried into the next frame, 0 to 1",
-                          GROUPS[10], minimum=0, maximum=1)
+                          GROUPS[10], minimum=0, maximum=1, applies="video")
     flow: str = option("dis", str, "dreamed video: how the previous dream follows the motion: "
                        "OpenCV's DIS optical flow, or none (each frame dreamed on its own)",
-                       GROUPS[10], choices=FLOWS)
+                       GROUPS[10], choices=FLOWS, applies="video")
 
     def __post_init__(self):
         _check_fields(self)
@@ -262,12 +273,12 @@ class CommandOptions:
     model: str = option("bvlc_googlenet", str, "model preset (see --list_models); "
                         "--deploy_txt/--caffe_model override its files", GROUPS[0])
     deploy_txt: str | None = option(None, str, "Caffe .prototxt of the CNN (input blob 'data'); "
-                                    "$CAFFE_ROOT and ~ are expanded", GROUPS[0])
+                                    "$CAFFE_ROOT and ~ are expanded", GROUPS[0], path=True)
     caffe_model: str | None = option(None, str, "Caffe .caffemodel with the CNN's weights",
-                                     GROUPS[0])
+                                     GROUPS[0], path=True)
     mean_image: str | None = option(None, str, ".npy mean image (3,H,W) or BGR mean colour (3,); "
-                                    "default: the model's mean colour", GROUPS[0])
-    gpu: int = option(0, int, "CUDA device; negative: CPU", GROUPS[0])
+                                    "default: the model's mean colour", GROUPS[0], path=True)
+    gpu: int = option(0, int, "CUDA device; negative: CPU", GROUPS[0], recorded=False)
     backend: str = option("torch", str, "engine for the CNN: PyTorch, or real Caffe (pycaffe, "
                           "optional; scripts/install_pycaffe.sh installs it)", GROUPS[0],
                           choices=BACKENDS)
@@ -276,56 +287,56 @@ class CommandOptions:
                             "CUDA, fp16 on CUDA; faster, less exact gradients", GROUPS[0],
                             choices=PRECISIONS)
     initial_image: str | None = option(None, str, "image to start from (default: smoothed noise)",
-                                       GROUPS[2])
+                                       GROUPS[2], path=True)
     guide_image: str | None = option(
         None, str, "image whose features the (single) target layer is pulled towards "
-        "(DeepDream's guided dream)", GROUPS[1], metavar="IMAGE")
+        "(DeepDream's guided dream)", GROUPS[1], metavar="IMAGE", path=True)
     mask: str | None = option(
         None, str, "greyscale image: each pixel's step times its grey level / 255, so black "
-        "never changes and white dreams fully", GROUPS[2], metavar="IMAGE")
+        "never changes and white dreams fully", GROUPS[2], metavar="IMAGE", path=True)
     seed: int | None = option(None, int, "random seed (default: a fresh one, recorded in the "
                               "output PNG)", GROUPS[2], minimum=0,
                               maximum=2 ** 63 - 1)  # what torch's generator takes
     output_file: str = option("out.png", str, "the PNG to write; for a zoom sequence or a "
-                              "dreamed video a .mp4, .webm or .gif", GROUPS[9])
+                              "dreamed video a .mp4, .webm or .gif", GROUPS[9], recorded=False)
     output_depth: int = option(8, int, "bits per channel of the PNGs written", GROUPS[9],
                                choices=OUTPUT_DEPTHS)
     iter_behavior: str = option("save+print", str, "actions every output_iter steps, joined "
-                                f"with '+': {', '.join(ACTIONS)}", GROUPS[9])
+                                f"with '+': {', '.join(ACTIONS)}", GROUPS[9], recorded=False)
     show_width: float = option(5.0, float, "inches, 0.5 to 100", GROUPS[9], minimum=0.5,
-                               maximum=100)
+                               maximum=100, recorded=False)
     show_height: float = option(5.0, float, "inches, 0.5 to 100", GROUPS[9], minimum=0.5,
-                                maximum=100)
+                                maximum=100, recorded=False)
     replay: str | None = option(None, str, "run again the command recorded in a PNG that cnn-vis "
                                 "wrote (same seed); options given beside it apply last",
-                                GROUPS[11], metavar="PNG")
+                                GROUPS[11], metavar="PNG", recorded=False, replayed=False, path=True)
     classify: str | None = option(None, str, "print the model's top 5 classes for IMAGE",
-                                  GROUPS[11], metavar="IMAGE")
-    list_models: bool = option(False, bool, "list the model presets", GROUPS[11])
+                                  GROUPS[11], metavar="IMAGE", recorded=False, applies="tool", path=True)
+    list_models: bool = option(False, bool, "list the model presets", GROUPS[11], recorded=False, applies="tool")
     list_layers: bool = option(False, bool, "list the model's targetable blobs with their shapes "
-                               "(needs no weights)", GROUPS[11])
+                               "(needs no weights)", GROUPS[11], recorded=False, applies="tool")
     download: str | None = option(None, str, "download a preset's weights ahead of time",
-                                  GROUPS[11], metavar="NAME")
+                                  GROUPS[11], metavar="NAME", recorded=False, applies="tool")
     debug: bool = option(False, bool, "show tracebacks for errors (also CNN_VIS_DEBUG=1)",
-                         GROUPS[11])
+                         GROUPS[11], recorded=False, replayed=False)
     input_video: str | None = option(None, str, "video to dream frame by frame, each at its own "
-                                     "size (or --final_size)", GROUPS[10], metavar="VIDEO")
+                                     "size (or --final_size)", GROUPS[10], metavar="VIDEO", path=True, applies="video")
     start_frame: int = option(1, int, "first frame of --input_video to dream (from 1)",
-                              GROUPS[10], minimum=1)
+                              GROUPS[10], minimum=1, applies="video")
     end_frame: int | None = option(None, int, "last frame of --input_video to dream (default: "
-                                   "its last)", GROUPS[10], minimum=1)
+                                   "its last)", GROUPS[10], minimum=1, recorded=False, applies="video")
     fps: float | None = option(None, float, "frames per second of the output video (default: "
                                "the input video's, else 24; at most 1000)", GROUPS[10], minimum=0,
-                               above=True, maximum=1000)
+                               above=True, maximum=1000, recorded=False, applies="sequence")
     resume: bool = option(False, bool, "reuse the frames already in {stem}_frames/ that this "
-                          "same command made, and make the rest", GROUPS[10])
+                          "same command made, and make the rest", GROUPS[10], recorded=False, applies="sequence")
     workers: int | None = option(None, int, "jobs run at once, each in its own process with "
                                  "its share of the CPU threads, or its own GPU where there are "
                                  "several (default: 1; with --ray, every CPU or GPU Ray has)",
-                                 GROUPS[12], minimum=1, maximum=4096)
+                                 GROUPS[12], minimum=1, maximum=4096, recorded=False, replayed=False, applies="jobs")
     ray: str | None = option(None, str, "run the jobs as tasks of a Ray cluster: its address, "
                              "auto for the running one, or local to start one here (needs "
-                             "pip install cnn-vis[ray])", GROUPS[12], metavar="ADDRESS")
+                             "pip install cnn-vis[ray])", GROUPS[12], metavar="ADDRESS", recorded=False, replayed=False, applies="jobs")
 
     def __post_init__(self):
         _check_fields(self)
@@ -340,3 +351,26 @@ def option_settings(cls) -> Iterator[tuple[dataclasses.Field, Setting]]:
 def check_seed(seed: Any) -> int | None:
     """`seed` if it is a valid --seed (None: a fresh one is drawn later)."""
     return CommandOptions(seed=seed).seed
+
+
+OPTION_CLASSES = (CommandOptions, DreamOptions, AnimationOptions)
+
+
+def all_options() -> Iterator[tuple[dataclasses.Field, Setting]]:
+    """Every option of the table: the animation's, then the command's, then the dream's."""
+    for cls in (AnimationOptions, CommandOptions, DreamOptions):
+        yield from option_settings(cls)
+
+
+def option_names(**facts) -> list[str]:
+    """The names of the options whose `Setting` has these facts, e.g. recorded=False."""
+    return [f.name for f, setting in all_options()
+            if all(getattr(setting, fact) == value for fact, value in facts.items())]
+
+
+_DEFAULTS = {f.name: f.default for f, _ in all_options()}
+
+
+def default(name: str) -> Any:
+    """The default of option `name`, as the table gives it (no other module retypes one)."""
+    return _DEFAULTS[name]

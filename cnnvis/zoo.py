@@ -7,6 +7,7 @@ Weights that are not present are downloaded on first use into the cache director
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -16,6 +17,7 @@ from typing import Callable
 import torch
 
 from cnnvis.caffe import CaffeNet, read_caffemodel, read_prototxt
+from cnnvis.caffe.net import network_input
 from cnnvis.download import cache_dir, fetch, unpack_tar
 from cnnvis.efficientnet import (EFFICIENTNET_LITE0_DEFAULT_LAYER, EfficientNetLite0,
                                  googlenet_counterpart, load_efficientnet_lite0)
@@ -25,7 +27,9 @@ from cnnvis.engine import TorchEngine, check_precision
 from cnnvis.model import InputConvention, VisModel
 from cnnvis.network import BlobNetwork
 from cnnvis.pycaffe_engine import load_caffe_engine
-from cnnvis.settings import BACKENDS
+from cnnvis.settings import BACKENDS, default
+
+logger = logging.getLogger("cnnvis")
 
 IMAGENET_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)  # Caffe's ILSVRC-2012 mean
 
@@ -97,7 +101,7 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
         convention=InputConvention(channel_order="RGB", offset=(127.0, 127.0, 127.0), scale=128.0),
         googlenet_counterpart=googlenet_counterpart),
 ]}
-DEFAULT_MODEL = "bvlc_googlenet"
+DEFAULT_MODEL = default("model")
 
 
 def preset(name: str) -> ModelPreset:
@@ -158,8 +162,8 @@ def architecture(model: ModelPreset, seed: int = 0) -> BlobNetwork:
 
 def load_model(name: str = DEFAULT_MODEL, deploy_txt: str | None = None,
                caffe_model: str | None = None, mean_bgr: tuple[float, float, float] | None = None,
-               device: torch.device = torch.device("cpu"), backend: str = "torch",
-               precision: str = "fp32") -> VisModel:
+               device: torch.device = torch.device("cpu"), backend: str = default("backend"),
+               precision: str = default("precision")) -> VisModel:
     """The network of preset `name`, or of explicit Caffe files, ready for cnn-vis.
 
     `deploy_txt`/`caffe_model` replace the preset's architecture/weights; `mean_bgr`
@@ -200,3 +204,67 @@ def load_model(name: str = DEFAULT_MODEL, deploy_txt: str | None = None,
                     convention=model.convention, labels=labels(model), device=device,
                     default_layer=model.default_layer,
                     googlenet_counterpart=None if own_network else model.googlenet_counterpart)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model named but not loaded: the arguments of `cnnvis.load_model`. Workers are sent
+    one and each loads its own model once; the workflows check a run against it (input
+    size, layers) before any weights load. `keep_freed_memory`: each worker process makes
+    `cnnvis.keep_freed_memory`'s malloc setting (loading here never does)."""
+
+    name: str = DEFAULT_MODEL
+    deploy_txt: str | os.PathLike | None = None
+    caffe_model: str | os.PathLike | None = None
+    backend: str = default("backend")
+    mean_bgr: tuple[float, float, float] | None = None
+    device: str | torch.device | None = None   # None: the GPU if there is one, else the CPU
+    keep_freed_memory: bool = False
+    precision: str = default("precision")
+
+    def load(self, device: str | torch.device | None = None) -> VisModel:
+        """The model, on `device` (default: the spec's)."""
+        device = device or self.device
+        return load_model(self.name, _text(self.deploy_txt), _text(self.caffe_model),
+                          self.mean_bgr, default_device() if device is None
+                          else torch.device(device), self.backend, self.precision)
+
+    def input_size(self) -> tuple[int, int]:
+        """The network's input (height, width), from its files alone (no weights)."""
+        if self.deploy_txt is not None:
+            return tuple(network_input(read_prototxt(str(self.deploy_txt)))[1][1:])
+        return preset(self.name).input_size
+
+    def architecture(self) -> BlobNetwork:
+        """The network with random weights (no download): its layers and shapes."""
+        if self.deploy_txt is not None:
+            return CaffeNet(read_prototxt(str(self.deploy_txt)), None).eval()
+        return architecture(preset(self.name))
+
+
+def _text(path: str | os.PathLike | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def default_device() -> torch.device:
+    """The first CUDA GPU, else Apple's MPS, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", 0)
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def select_device(gpu: int) -> torch.device:
+    """--gpu's device: CUDA device `gpu` (or Apple's MPS) when present; otherwise the CPU,
+    said once."""
+    if gpu < 0:
+        return torch.device("cpu")
+    if torch.cuda.is_available() and gpu < torch.cuda.device_count():
+        return torch.device("cuda", gpu)
+    if gpu == 0 and torch.backends.mps.is_available():
+        return torch.device("mps")
+    found = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no GPU"
+    logger.warning(f"cnn-vis: --gpu {gpu}: {found} here; running on the CPU (--gpu -1 to "
+                   "silence this).")
+    return torch.device("cpu")

@@ -177,8 +177,8 @@ def test_interrupted_video_resumes_to_the_same_video(tiny_model, video, tmp_path
 
     import cnnvis.animation
     dreamed = []
-    render = cnnvis.animation.render_checked
-    monkeypatch.setattr(cnnvis.animation, "render_checked",
+    render = cnnvis.animation.run_plan
+    monkeypatch.setattr(cnnvis.animation, "run_plan",
                         lambda *args, **kw: dreamed.append(1) or render(*args, **kw))
     assert main(common + ["--output_file", str(parts), "--resume"]) == 0
     assert len(dreamed) == 7                   # frames 6 to 12 only

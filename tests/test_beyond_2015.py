@@ -10,7 +10,7 @@ from PIL import Image
 import cnnvis
 from cnnvis.caffe import CaffeNet, parse_prototxt
 from cnnvis.caffe.writer import blob_proto
-from cnnvis.api import noise_image
+from cnnvis.plan import noise_image
 from cnnvis.cli import main
 from cnnvis.engine import TorchEngine
 from cnnvis.model import VisModel

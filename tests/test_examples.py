@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from cnnvis import zoo
-from cnnvis.cli import build_parser
+from cnnvis.arguments import build_parser
 from cnnvis.sizes import check_min_size, parse_size, size_sequence
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 import cnnvis
-import cnnvis.cli as cli
+import cnnvis.batch as batch
 from cnnvis import jobs
 from cnnvis.cli import main
 from tests.cli_contract import refused
@@ -59,7 +59,7 @@ def test_atlas_is_the_same_here_in_workers_and_on_ray_even_when_a_worker_dies(
     for name, run_in, kill in (("workers", ["--workers", "2"], _kill_a_local_worker),
                                ("ray", ["--ray", "local", "--workers", "2"], _kill_a_ray_worker)):
         killed = []
-        monkeypatch.setattr(cli, "save_job_png", _then(cli.save_job_png, lambda: killed
+        monkeypatch.setattr(batch, "save_job_png", _then(batch.save_job_png, lambda: killed
                                                        or killed.extend(kill())))
         assert main(atlas_argv + run_in) == 0
         monkeypatch.undo()

@@ -101,8 +101,8 @@ def test_the_cnn_vis_command_guards_its_imports_too():
     imports is tested above): before PyTorch is imported."""
     from importlib.metadata import entry_points
     [command] = entry_points(group="console_scripts", name="cnn-vis")
-    assert command.value == "cnnvis.console:run_command_line"
-    result = subprocess.run([sys.executable, "-c", "import sys, cnnvis.console; "
+    assert command.value == "cnnvis.launcher:run_command_line"
+    result = subprocess.run([sys.executable, "-c", "import sys, cnnvis.launcher; "
                              "print('torch' in sys.modules)"], capture_output=True, text=True)
     assert result.stdout.strip() == "False"
 

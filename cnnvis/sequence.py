@@ -1,0 +1,136 @@
+"""A zoom sequence or a dreamed video to a file: frames made one at a time, each written to
+the frames folder (`{stem}_frames/`) and to the video as soon as it is finished; --resume
+reuses the frames that the same settings made; the input video's sound goes along.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sys
+from fractions import Fraction
+
+from cnnvis.animation import plan_sequence, video_dream_frames, zoom_frames
+from cnnvis.errors import NonFiniteImage, UserError
+from cnnvis.frames import FrameStore, recorded_settings
+from cnnvis.plan import new_seed
+from cnnvis.recording import pixel_settings
+from cnnvis.report import ConsoleObserver, describe_dream, parse_actions
+from cnnvis.request import Outcome, Request, read_inputs
+from cnnvis.signals import signals_deferred
+from cnnvis.video import DEFAULT_FPS, VideoInput, check_video_output, video_writer
+from cnnvis.zoo import select_device
+
+
+def check_sequence(request: Request) -> None:
+    """Refuse combinations of options that cannot make the sequence asked for."""
+    command, animation = request.command, request.animation
+    if command.input_video:
+        if command.initial_image:
+            raise UserError("--input_video and --initial_image both give the pictures to start "
+                            "from; give one of them.")
+        if animation.frames > 1:
+            raise UserError("--frames makes a zoom sequence; a dreamed video has the frames of "
+                            "--input_video (choose them with --start_frame and --end_frame).")
+        unused = request.changed(applies="zoom")
+        if unused:
+            raise UserError(f"--{unused[0]} moves the camera of a zoom sequence (--frames), not "
+                            "of a dreamed video; drop it.")
+        if command.end_frame is not None and command.end_frame < command.start_frame:
+            raise UserError(f"--end_frame {command.end_frame} comes before --start_frame "
+                            f"{command.start_frame}; give an --end_frame of at least "
+                            f"{command.start_frame}.")
+    else:
+        unused = request.changed(applies="video")
+        if unused:
+            raise UserError(f"--{unused[0]} is an option of dreamed videos; give --input_video "
+                            f"VIDEO, or drop --{unused[0]}.")
+
+
+def write_sequence(request: Request) -> Outcome:
+    """Make the zoom sequence (--frames) or dreamed video (--input_video) of `request` into
+    its --output_file (.mp4, .webm or .gif), and each frame into `{stem}_frames/`."""
+    command, options, animation = request.command, request.dream, request.animation
+    actions = parse_actions(command.iter_behavior)
+    output = request.output
+    check_sequence(request)
+    check_video_output(output)
+    inputs = read_inputs(command, output)
+    with contextlib.ExitStack() as stack:
+        video = stack.enter_context(VideoInput(command.input_video)) if command.input_video else None
+        photo_size = video.size if video else None if inputs.photo is None else inputs.photo.shape[:2]
+        device = select_device(command.gpu)
+        spec = request.model_spec(inputs.mean_bgr, device)
+
+        seed = command.seed
+        store_folder = output.with_name(f"{output.stem}_frames")
+        recorded = recorded_settings(store_folder) if command.resume else {}
+        if seed is None:
+            seed = next(iter(recorded.values()))["seed"] if recorded else new_seed()
+            request = request.with_seed(seed)
+        plan = plan_sequence({**dataclasses.asdict(options), **dataclasses.asdict(animation)},
+                             photo_size=photo_size,
+                             input_size=spec.input_size(), device=device, seed=seed,
+                             guide=inputs.guide, mask=inputs.mask, depth=command.output_depth)
+        model = spec.load()
+        png_text = request.png_text(model.name, seed)
+        store = FrameStore(output, command.output_depth, png_text,
+                           pixel_settings(request.command, options, animation, seed=seed))
+        if command.resume:
+            store.check_resumable()
+        store.check_writable()
+
+        if video and video.frame_count and command.start_frame > video.frame_count:
+            raise UserError(f"--start_frame {command.start_frame} is after the last frame of "
+                            f"{video.path} ({video.frame_count}); give at most "
+                            f"{video.frame_count}.")
+        if video:
+            last = command.end_frame or video.frame_count
+            total = None if last is None else max(last - command.start_frame + 1, 0)
+        else:
+            total = animation.frames
+        observer = ConsoleObserver(actions, output.with_suffix(".png"), command.output_depth,
+                                   png_text, total=total,
+                                   show_size=(command.show_width, command.show_height),
+                                   frames_folder=store.folder)
+        if "print" in actions:
+            print(describe_dream(options, command.guide_image, command.mask), file=sys.stderr)
+        keywords = dict(callback=observer.report, progress=None,
+                        stored=store.stored if command.resume else None)
+        if video:
+            sequence = video_dream_frames(plan, model, video.frames(command.start_frame,
+                                                                    command.end_frame), **keywords)
+        else:
+            sequence = zoom_frames(plan, model, inputs.photo, **keywords)
+        fps = Fraction(command.fps).limit_denominator(1001) if command.fps else (
+            video.fps if video else DEFAULT_FPS)
+        sound_from = float((command.start_frame - 1) / video.fps) if video else 0.0
+
+        writer = stack.enter_context(video_writer(output, fps, video, sound_from))
+        stopped: BaseException | None = None
+        try:
+            for frame in sequence:
+                if frame.picture is not None:
+                    with signals_deferred():   # a signal now waits for the file to be complete
+                        store.save(frame.number, frame.rgb)
+                writer.write(frame.rgb)
+                observer.frame_done(frame.number)
+        except (UserError, KeyboardInterrupt) as stop:   # the finished frames make the video
+            stopped = stop
+        finally:
+            observer.close()
+        with signals_deferred():
+            stack.close()   # the video is complete and in place
+    if stopped is not None and writer.count == 0:
+        raise stopped   # nothing was made: as for a single picture
+    if writer.count == 0:
+        raise UserError(f"{video.path} has no frames from --start_frame {command.start_frame} on; "
+                        "give a --start_frame within the video.")
+    done = f"the {writer.count} finished frame(s) are in {store.folder} and {output}"
+    if isinstance(stopped, KeyboardInterrupt):
+        return Outcome(f"{done} (--resume continues).", stopped)
+    if isinstance(stopped, NonFiniteImage):
+        raise UserError(f"{stopped}; {done}. Lower --learning_rate (or the regularisation "
+                        "strengths) and run again with --resume.") from None
+    if stopped is not None:
+        raise UserError(f"{stopped}; {done}.") from None
+    return Outcome(f"wrote {output} ({writer.count} frames; each is also in {store.folder})")
