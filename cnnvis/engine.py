@@ -8,6 +8,7 @@ converts cnn-vis images to and from that convention. Real Caffe is the other eng
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import math
 from typing import Protocol, runtime_checkable
@@ -64,8 +65,9 @@ class TorchEngine:
     def __init__(self, network: BlobNetwork, device: torch.device = torch.device("cpu"),
                  precision: str = "fp32"):
         """`precision` "bf16" or "fp16" runs the network's work in that type (see
-        `reduce_precision`); "fp32" runs it as it is."""
-        self.network = network.to(device, memory_format=torch.channels_last)
+        `reduce_precision`); "fp32" runs it as it is. The engine works on its own copy of
+        `network`: the caller's module keeps its device, types, mode and hooks."""
+        self.network = copy.deepcopy(network).to(device, memory_format=torch.channels_last)
         self.input_size: tuple[int, int] = tuple(network.input_size)
         self.blob_names: list[str] = network.blob_names
         self.tiles_per_run = self.CPU_TILES_PER_RUN if device.type == "cpu" else None

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cnnvis.caffe import CaffeNet, parse_prototxt
-from cnnvis.caffe.layers import (_channel_window_sum, caffe_pool, caffe_pool_padded,
+from cnnvis.caffe.kernels import (channel_window_sum, caffe_pool, caffe_pool_padded,
                                  caffe_pooled_size)
 from cnnvis.errors import UserError
 from cnnvis.caffe.writer import blob_proto
@@ -156,8 +156,8 @@ def test_lrn_window_sum_in_reduced_precision_rounds_once(channels, size):
         memory_format=torch.channels_last)
     padded = np.pad(squares.numpy(), ((0, 0), (size // 2, size // 2), (0, 0), (0, 0)))
     expected = sum(padded[:, i:i + channels] for i in range(size))
-    np.testing.assert_allclose(_channel_window_sum(squares, size).numpy(), expected, rtol=1e-12)
-    reduced = _channel_window_sum(squares.bfloat16(), size)
+    np.testing.assert_allclose(channel_window_sum(squares, size).numpy(), expected, rtol=1e-12)
+    reduced = channel_window_sum(squares.bfloat16(), size)
     assert reduced.dtype == torch.bfloat16
     assert reduced.is_contiguous(memory_format=torch.channels_last)
     exact_terms = sum(np.pad(squares.bfloat16().double().numpy(),

@@ -2,7 +2,7 @@
 import torch
 
 from cnnvis.caffe import CaffeNet, parse_prototxt
-from cnnvis.engine import TorchEngine
+from cnnvis.engine import TorchEngine, cpu_supports_bf16
 from cnnvis.model import InputConvention, VisModel
 from cnnvis.objectives import amplify_layer
 
@@ -50,3 +50,21 @@ def test_gradients_come_back_through_the_input_convention_as_autograd_takes_them
     blob.backward(top_gradient)
     torch.testing.assert_close(loss, expected_loss)
     torch.testing.assert_close(gradient, x.grad, rtol=1e-5, atol=1e-6 * x.grad.abs().max())
+
+
+def test_the_engine_leaves_the_callers_module_as_it_was():
+    """Loading changes nothing of the caller's: not the module's device, dtype, memory
+    format, mode, hooks or parameters' requires_grad."""
+    network = CaffeNet(parse_prototxt(NET), None, seed=0).eval()
+    before = {name: value.clone() for name, value in network.state_dict().items()}
+    strides = {name: value.stride() for name, value in network.state_dict().items()}
+    hooks = [len(m._forward_pre_hooks) for m in network.modules()]
+    grads = [p.requires_grad for p in network.parameters()]
+    TorchEngine(network, precision="bf16" if cpu_supports_bf16() else "fp32")
+    after = network.state_dict()
+    assert all(torch.equal(before[name], after[name]) and before[name].dtype == after[name].dtype
+               for name in before)
+    assert {name: value.stride() for name, value in after.items()} == strides
+    assert [len(m._forward_pre_hooks) for m in network.modules()] == hooks
+    assert [p.requires_grad for p in network.parameters()] == grads
+    assert not network.training
