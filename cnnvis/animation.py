@@ -19,14 +19,12 @@ import dataclasses
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from cnnvis.errors import UserError
-from cnnvis.imageio import as_photo
+from cnnvis.imageio import ImageInput, as_photo
 from cnnvis.model import VisModel
 from cnnvis.motion import camera_move, carry_along_flow, flow_estimator, grey
 from cnnvis.optimizer import Report
@@ -35,8 +33,6 @@ from cnnvis.plan import (Plan, build_objective, check_combinations, grey_mask, n
                          plan_picture, run_plan)
 from cnnvis.settings import (AnimationOptions, DreamOptions, check_seed, default,
                              options_from_keywords)
-
-ImageInput = str | Path | Image.Image | np.ndarray | None
 
 # A frame's stored pixels when it was made before (uint8 or uint16 RGB), else None.
 StoredFrames = Callable[[int], "np.ndarray | None"]

@@ -13,20 +13,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
 from cnnvis import zoo
-from cnnvis.imageio import as_photo
+from cnnvis.imageio import ImageInput, as_photo
 from cnnvis.model import VisModel
 from cnnvis.optimizer import Report
 from cnnvis.pixels import Picture
 from cnnvis.plan import (build_objective, check_combinations, grey_mask, new_seed, plan_picture,
                          run_plan)
 from cnnvis.settings import DreamOptions, check_seed, default
-
-ImageInput = str | Path | Image.Image | np.ndarray | None
 
 
 def load_model(name: str = default("model"), *, deploy_txt: str | Path | None = None,

@@ -23,10 +23,11 @@ import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from cnnvis.errors import UserError
-from cnnvis.files import open_input
+from cnnvis.files import PathLike, open_input
 from cnnvis.pixels import as_rgb
 
-PathLike = str | os.PathLike[str]
+# What the API takes as an image: a file, a PIL image, a uint8 RGB array, or None (noise).
+ImageInput = str | Path | Image.Image | np.ndarray | None
 logger = logging.getLogger("cnnvis")
 
 

@@ -34,11 +34,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from cnnvis.engine import keep_freed_memory
 from cnnvis.errors import UserError
-from cnnvis.imageio import as_photo
+from cnnvis.imageio import ImageInput, as_photo
 from cnnvis.model import VisModel
 from cnnvis.objectives import Objective
 from cnnvis.pixels import MAX_LEVEL
@@ -47,8 +46,6 @@ from cnnvis.plan import (build_objective, check_combinations, grey_mask, new_see
 from cnnvis.settings import DreamOptions, check_seed, default
 from cnnvis.tiling import checkerboard_groups
 from cnnvis.zoo import ModelSpec
-
-ImageInput = str | Path | Image.Image | np.ndarray | None
 
 RETRIES = 3   # further tries of a job whose worker died (Ray's default for tasks too)
 WORKER_DIED = "the worker process running it died (out of memory, or killed)"
