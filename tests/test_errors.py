@@ -12,6 +12,7 @@ import io
 import os
 import pickle
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ from PIL import Image
 from cnnvis import zoo
 from cnnvis.cli import main
 from cnnvis.caffe.writer import caffemodel_bytes
+from cnnvis.errors import UserError
+from cnnvis.pycaffe_engine import import_caffe
 from tests.caffe_files import TINY_DREAM_NET, tiny_dream_weights
 from tests.cli_contract import PREVIOUS_OUTPUT, refused
 
@@ -472,6 +475,21 @@ def test_missing_gpu_is_one_notice_then_the_cpu(tiny, output, capsys):
     assert "error" not in err
     with Image.open(output) as image:
         assert image.size == INPUT_SIZE[::-1]
+
+
+# ----------------------------------------------------------------------------- --backend caffe
+# (these need no pycaffe; the tests that run real Caffe are in tests/test_parity.py)
+
+
+def test_missing_pycaffe_names_the_install_script(monkeypatch):
+    monkeypatch.setitem(sys.modules, "caffe", None)   # makes `import caffe` fail
+    with pytest.raises(UserError, match=r"--backend caffe needs pycaffe.*scripts/install_pycaffe\.sh"):
+        import_caffe()
+
+
+def test_pytorch_model_with_caffe_backend_is_a_user_error():
+    with pytest.raises(UserError, match=r"efficientnet_lite0 is a PyTorch network.*--backend torch"):
+        zoo.load_model("efficientnet_lite0", backend="caffe")
 
 
 # ----------------------------------------------------------------------------- non-finite values

