@@ -483,6 +483,7 @@ def test_missing_gpu_is_one_notice_then_the_cpu(tiny, output, capsys):
 
 def test_missing_pycaffe_names_the_install_script(monkeypatch):
     monkeypatch.setitem(sys.modules, "caffe", None)   # makes `import caffe` fail
+    monkeypatch.setenv("GLOG_minloglevel", "2")   # as import_caffe sets it, but undone after
     with pytest.raises(UserError, match=r"--backend caffe needs pycaffe.*scripts/install_pycaffe\.sh"):
         import_caffe()
 
