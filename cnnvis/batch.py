@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def output_folder(request: Request, count: int) -> Path:
                         "or give an existing folder.")
     if not folder.parent.is_dir():
         raise UserError(f"cannot make the folder '{folder}': '{folder.parent}' is not an existing "
-                        f"directory; create it (mkdir -p '{folder.parent}') or choose another "
+                        f"directory; create it (mkdir -p {shlex.quote(str(folder.parent))}) or choose another "
                         "--output_file.")
     return folder
 

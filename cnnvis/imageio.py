@@ -14,6 +14,7 @@ import logging
 import os
 import warnings
 import secrets
+import shlex
 import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -276,7 +277,7 @@ def check_writable_output(path: PathLike, suffixes: tuple[str, ...] = (".png",))
         directory = target.parent
         if not directory.is_dir():
             raise UserError(f"cannot write '{target}': '{directory}' is not an existing directory; "
-                            f"create it (mkdir -p '{directory}') or choose another output path")
+                            f"create it (mkdir -p {shlex.quote(str(directory))}) or choose another output path")
         if len(os.fsencode(target.name)) > os.pathconf(directory, "PC_NAME_MAX"):
             raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
         descriptor, temp_path = _create_temp_file(target)

@@ -66,18 +66,17 @@ def recorded_command(png: str) -> str | None:
             return None   # not a PNG that cnn-vis wrote: the caller says so
 
 
-def replay_argv(png: str, argv: Sequence[str]) -> list[str]:
-    """The command recorded in `png`, then `argv` without its --replay option."""
+def recorded_argv(png: str) -> list[str]:
+    """The options of the command line recorded in `png` (a PNG that cnn-vis wrote)."""
     command = recorded_command(png)
     if command is None:
         raise UserError(f"--replay {png}: the image holds no cnn-vis command (cnn-vis records "
                         "it in the PNGs it writes); give a PNG that cnn-vis made.")
-    rest, skip = [], False
-    for token in argv:
-        if skip:
-            skip = False
-        elif token == "--replay":
-            skip = True
-        elif not token.startswith("--replay="):
-            rest.append(token)
-    return shlex.split(command)[1:] + rest
+    try:
+        if "\0" in command:
+            raise ValueError("a NUL byte")
+        return shlex.split(command)[1:]
+    except ValueError as error:
+        raise UserError(f"--replay {png}: the command recorded in it cannot be read ({error}); "
+                        "it was not written by cnn-vis, or was edited: give a PNG that cnn-vis "
+                        "made.") from None

@@ -298,7 +298,8 @@ class CommandOptions:
                               "output PNG)", GROUPS[2], minimum=0,
                               maximum=2 ** 63 - 1)  # what torch's generator takes
     output_file: str = option("out.png", str, "the PNG to write; for a zoom sequence or a "
-                              "dreamed video a .mp4, .webm or .gif", GROUPS[9], recorded=False)
+                              "dreamed video a .mp4, .webm or .gif", GROUPS[9], recorded=False,
+                              path=True)
     output_depth: int = option(8, int, "bits per channel of the PNGs written", GROUPS[9],
                                choices=OUTPUT_DEPTHS)
     iter_behavior: str = option("save+print", str, "actions every output_iter steps, joined "
@@ -310,6 +311,10 @@ class CommandOptions:
     replay: str | None = option(None, str, "run again the command recorded in a PNG that cnn-vis "
                                 "wrote (same seed); options given beside it apply last",
                                 GROUPS[11], metavar="PNG", recorded=False, replayed=False, path=True)
+    trust_recorded_paths: bool = option(
+        False, bool, "with --replay: also take from the PNG the files it names (--initial_image, "
+        "--deploy_txt, ...) and --backend caffe; without it, repeat the ones you want",
+        GROUPS[11], recorded=False, replayed=False)
     classify: str | None = option(None, str, "print the model's top 5 classes for IMAGE",
                                   GROUPS[11], metavar="IMAGE", recorded=False, applies="tool", path=True)
     list_models: bool = option(False, bool, "list the model presets", GROUPS[11], recorded=False, applies="tool")

@@ -144,13 +144,14 @@ def test_replay_reproduces_the_image_and_takes_new_options_last(tmp_path, tiny_m
     assert main(tiny_model + ["--initial_image", str(photo), "--num_steps", "3",
                               "--iter_behavior", "", "--output_file", str(first)]) == 0
     again = tmp_path / "again.png"
-    assert main(["--replay", str(first), "--output_file", str(again)]) == 0
+    assert main(["--replay", str(first), "--trust_recorded_paths", "--output_file", str(again)]) == 0
     with Image.open(first) as a, Image.open(again) as b:
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         assert a.text["cnn-vis:seed"] == b.text["cnn-vis:seed"]
         assert b.text["cnn-vis:command"].endswith(f"--output_file {again}")
     longer = tmp_path / "longer.png"
-    assert main([f"--replay={again}", "--num_steps", "4", "--output_file", str(longer)]) == 0
+    assert main([f"--replay={again}", "--trust_recorded_paths", "--num_steps", "4",
+                 "--output_file", str(longer)]) == 0
     with Image.open(again) as a, Image.open(longer) as b:
         assert not np.array_equal(np.asarray(a), np.asarray(b))
     capsys.readouterr()

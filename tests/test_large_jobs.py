@@ -67,8 +67,8 @@ def test_atlas_is_the_same_here_in_workers_and_on_ray_even_when_a_worker_dies(
         assert move_away(tmp_path, name) == here, name
     # Job k (neuron 3 is k = 2) has the seed 5 + k, and its recorded command makes it alone.
     single = tmp_path / "single.png"
-    assert main(["--replay", str(tmp_path / "here/conv2/0003.png"), "--output_file",
-                 str(single)]) == 0
+    assert main(["--replay", str(tmp_path / "here/conv2/0003.png"), "--trust_recorded_paths",
+                 "--output_file", str(single)]) == 0
     np.testing.assert_array_equal(np.array(Image.open(single)),
                                   np.array(Image.open(tmp_path / "here/conv2/0003.png")))
     assert Image.open(single).text["cnn-vis:seed"] == "7"

@@ -264,7 +264,7 @@ def test_replay_may_not_overwrite_its_source(tiny, output, capsys):
     assert main(tiny) == 0
     capsys.readouterr()
     made = output.read_bytes()
-    assert main(["--replay", str(output)]) == 2
+    assert main(["--replay", str(output), "--trust_recorded_paths", "--output_file", str(output)]) == 2
     assert "is the --replay image itself" in capsys.readouterr().err
     assert output.read_bytes() == made
 
