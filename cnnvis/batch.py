@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from cnnvis.errors import UserError
 from cnnvis.files import same_file
 from cnnvis.imageio import check_writable_output, differing_settings, make_folder
 from cnnvis.jobfiles import recorded, save_contact_sheet, save_job_png, save_sidecar
+from cnnvis.ownership import check_own_folder, check_own_sidecar
 from cnnvis.plan import check_combinations, new_seed, plan_picture, resolve_target
 from cnnvis.recording import option_argv, pixel_settings, recorded_text
 from cnnvis.report import parse_actions, progress_bar
@@ -25,6 +27,9 @@ from cnnvis.request import Outcome, Request, read_inputs
 from cnnvis.settings import AnimationOptions
 from cnnvis.signals import signals_deferred
 from cnnvis.zoo import select_device
+
+
+ATLAS_PICTURE = re.compile(r"\d{4,}\.png")   # an atlas' picture: its neuron's number
 
 
 def output_folder(request: Request, count: int) -> Path:
@@ -94,6 +99,9 @@ def write_jobs(request: Request, images: list[Path] | None) -> Outcome:
     if folder.exists() and not folder.is_dir():
         raise UserError(f"'{folder}', where the pictures go, is not a folder; move it away, or "
                         "choose another --output_file.")
+    if images is None:
+        check_own_sidecar(output.with_suffix(".json"))
+        check_own_folder(folder.parent, ATLAS_PICTURE, "the atlas' pictures")
 
     seed = command.seed
     if seed is None:   # the seed of the pictures made before, so that they are kept
@@ -141,9 +149,9 @@ def write_jobs(request: Request, images: list[Path] | None) -> Outcome:
                 bar.write(f"cnn-vis: {result.job.name} failed: {result.error}", file=sys.stderr)
             else:
                 make_folder(folder, "the folder for the pictures")
-                with signals_deferred():   # a signal now waits for the file to be complete
+                with signals_deferred():   # the file, and the list that names it, complete
                     save_job_png(paths[k], result.rgb, texts[k], settings[k], result.objective)
-                objectives[k] = result.objective
+                    objectives[k] = result.objective
                 if "print" in actions:
                     bar.write(f"cnn-vis: {result.job.name}: objective {result.objective:.4g}; "
                               f"wrote {paths[k]}", file=sys.stderr)

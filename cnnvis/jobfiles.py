@@ -64,5 +64,16 @@ def save_contact_sheet(path: Path, pictures: Sequence[tuple[str, Path]],
 
 
 def save_sidecar(path: Path, content: Mapping[str, object]) -> None:
+    """Write `content` as JSON, always valid: a number that is not finite is written null."""
     with atomic_write(path) as file:
-        file.write((json.dumps(content, indent=1) + "\n").encode())
+        file.write((json.dumps(_finite(content), indent=1, allow_nan=False) + "\n").encode())
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value

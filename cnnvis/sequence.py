@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import sys
 from fractions import Fraction
 
 from cnnvis.animation import plan_sequence, video_dream_frames, zoom_frames
 from cnnvis.errors import NonFiniteImage, UserError
 from cnnvis.frames import FrameStore, recorded_settings
+from cnnvis.ownership import check_own_folder
 from cnnvis.plan import new_seed
 from cnnvis.recording import pixel_settings
 from cnnvis.report import ConsoleObserver, describe_dream, parse_actions
@@ -19,6 +21,9 @@ from cnnvis.request import Outcome, Request, read_inputs
 from cnnvis.signals import signals_deferred
 from cnnvis.video import DEFAULT_FPS, VideoInput, check_video_output, video_writer
 from cnnvis.zoo import select_device
+
+# A frame, or an intermediate picture of one (`save`): 000001.png, 000001_1_50.png.
+FRAME_FILE = re.compile(r"\d{6}(_\d+_\d+)?\.png")
 
 
 def check_sequence(request: Request) -> None:
@@ -78,6 +83,7 @@ def write_sequence(request: Request) -> Outcome:
         if command.resume:
             store.check_resumable()
         store.check_writable()
+        check_own_folder(store.folder, FRAME_FILE, "the frames")
 
         if video and video.frame_count and command.start_frame > video.frame_count:
             raise UserError(f"--start_frame {command.start_frame} is after the last frame of "
