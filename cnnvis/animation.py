@@ -106,7 +106,8 @@ class _FrameMaker:
         self.plan, self.model = plan, model
         self.callback, self.progress = callback, progress
         self.stored = stored or (lambda number: None)
-        self.objective = None
+        # Built now, so that an unknown layer is said before anything runs.
+        self.objective = build_objective(model, plan.first.options, plan.guide_rgb)
         self.later_plan = None
 
     def make(self, number: int, photo: np.ndarray | None, later: bool,
@@ -116,8 +117,6 @@ class _FrameMaker:
         if rgb is not None:
             return Frame(number, rgb, None)
         plan = self.plan
-        if self.objective is None:
-            self.objective = build_objective(self.model, plan.first.options, plan.guide_rgb)
         if not later:
             frame_plan = plan.first
         else:
@@ -160,9 +159,15 @@ def zoom_frames(plan: SequencePlan, model: VisModel, photo: np.ndarray | None, *
                 progress: Callable[[int, int], None] | None = None,
                 stored: StoredFrames | None = None) -> Iterator[Frame]:
     """`animate` of a planned sequence (`plan_sequence`) from `photo` (uint8 RGB or None)."""
+    pan = parse_pan(plan.animation.pan)
     maker = _FrameMaker(plan, model, callback, progress, stored)
+    return _zoom(maker, photo, pan)
+
+
+def _zoom(maker: _FrameMaker, photo: np.ndarray | None,
+          pan: tuple[float, float]) -> Iterator[Frame]:
+    plan = maker.plan
     animation = plan.animation
-    pan = parse_pan(animation.pan)
     previous = maker.make(1, photo, later=False)
     yield previous
     for number in range(2, animation.frames + 1):
@@ -203,6 +208,11 @@ def video_dream_frames(plan: SequencePlan, model: VisModel,
                        stored: StoredFrames | None = None) -> Iterator[Frame]:
     """`dream_video` of a planned sequence (`plan_sequence`)."""
     maker = _FrameMaker(plan, model, callback, progress, stored)
+    return _video(maker, video_frames)
+
+
+def _video(maker: _FrameMaker, video_frames: Iterable[tuple[int, np.ndarray]]) -> Iterator[Frame]:
+    plan, model = maker.plan, maker.model
     animation, depth = plan.animation, plan.depth
     estimator = flow_estimator() if animation.flow != "none" and animation.blend > 0 else None
     previous = None   # (input frame at the final size, output frame) of the frame before

@@ -98,8 +98,6 @@ def write_sequence(request: Request) -> Outcome:
                                    png_text, total=total,
                                    show_size=(command.show_width, command.show_height),
                                    frames_folder=store.folder)
-        if "print" in actions:
-            print(describe_dream(options, command.guide_image, command.mask), file=sys.stderr)
         keywords = dict(callback=observer.report, progress=None,
                         stored=store.stored if command.resume else None)
         if video:
@@ -107,6 +105,8 @@ def write_sequence(request: Request) -> Outcome:
                                                                     command.end_frame), **keywords)
         else:
             sequence = zoom_frames(plan, model, inputs.photo, **keywords)
+        if "print" in actions:
+            print(describe_dream(options, command.guide_image, command.mask), file=sys.stderr)
         fps = Fraction(command.fps).limit_denominator(1001) if command.fps else (
             video.fps if video else DEFAULT_FPS)
         sound_from = float((command.start_frame - 1) / video.fps) if video else 0.0

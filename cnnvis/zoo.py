@@ -139,11 +139,24 @@ def weights_present(model: ModelPreset) -> bool:
     return path is None or path.exists() or _caffe_root_files(model) is not None
 
 
+OFFLINE_MODEL = "efficientnet_lite0"   # its weights come with a Python package
+
+
 def download(model: ModelPreset, progress: bool = True) -> Path | None:
     """Make sure the preset's weights are in the cache (downloading them if needed)."""
-    path, source = weights_path(model), model.weights
+    path = weights_path(model)
     if path is None or path.exists():
         return path
+    try:
+        return _fetch_weights(model, path, progress)
+    except UserError as error:
+        raise UserError(f"{model.name}'s weights: {str(error).rstrip('.')}. Or dream now with the "
+                        f"model that needs no download: --model {OFFLINE_MODEL}, e.g. python "
+                        f"cnn_vis.py --model {OFFLINE_MODEL} --initial_image photo.jpg") from None
+
+
+def _fetch_weights(model: ModelPreset, path: Path, progress: bool) -> Path:
+    source = model.weights
     if source.archive is None:
         return fetch(source.url, path, sha1=source.sha1, sha256=source.sha256, progress=progress)
     archive = fetch(source.url, cache_dir() / source.archive, sha1=source.sha1,

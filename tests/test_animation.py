@@ -262,3 +262,11 @@ def test_bad_sequences_are_refused(arguments, key_words, tiny, video, photo, tmp
     refused(argv, capsys, output, *key_words)
     assert (target.read_bytes() if target.exists() else None) == before
     assert not list(tmp_path.glob("*_frames"))
+
+
+def test_an_unknown_layer_is_said_before_anything_else(tiny_model, tmp_path, capsys):
+    argv = tiny_model[:-1] + ["no_such_blob", "--frames", "2", "--num_steps", "1",
+                              "--output_file", str(tmp_path / "zoom.gif")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no_such_blob" in err[0], err

@@ -162,7 +162,8 @@ def test_unknown_model_and_offline_download_are_clear_errors(cache, monkeypatch)
         weights=dataclasses.replace(zoo.PRESETS["googlenet_places365"].weights,
                                     url="http://127.0.0.1:9/nothing.caffemodel"))
     monkeypatch.setitem(zoo.PRESETS, "googlenet_places365", preset)
-    with pytest.raises(UserError, match=r"could not download .*save it as .*googlenet_places365"):
+    with pytest.raises(UserError, match=r"could not download .*save it as .*googlenet_places365.*"
+                       r"Or dream now .*--model efficientnet_lite0 --initial_image photo.jpg"):
         zoo.load_model("googlenet_places365")
     assert not any(cache.glob("*")) if cache.exists() else True
 
