@@ -142,6 +142,30 @@ def save_png(path: PathLike, rgb: np.ndarray, text: Mapping[str, str] | None = N
             file.write(_png16(rgb, text))
 
 
+# Pictures cnn-vis writes, by suffix: PNG (8 or 16 bits, the settings as text), or 8-bit
+# JPEG and WebP (the same text as a JPEG comment or WebP XMP packet).
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+LOSSY_QUALITY = 95
+
+
+def save_picture(path: PathLike, rgb: np.ndarray, text: Mapping[str, str] | None = None) -> None:
+    """`save_png`, or for a .jpg, .jpeg or .webp `path` an 8-bit picture of quality 95 that
+    keeps `text` where the format can hold it."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".png":
+        return save_png(path, rgb, text)
+    if rgb.dtype != np.uint8:
+        raise ValueError("JPEG and WebP pictures have 8 bits per channel")
+    packet = json.dumps(dict(text or {}), sort_keys=True)
+    with atomic_write(path) as file:
+        if suffix == ".webp":
+            Image.fromarray(rgb).save(file, format="WEBP", quality=LOSSY_QUALITY,
+                                      xmp=packet.encode())
+        else:
+            Image.fromarray(rgb).save(file, format="JPEG", quality=LOSSY_QUALITY,
+                                      comment=packet.encode())
+
+
 # The PNG text key of the settings that decide a picture's pixels (as JSON): a frame of a
 # sequence or a large job's picture made again with the same settings is reused.
 SETTINGS_KEY = "cnn-vis:settings"
@@ -272,8 +296,8 @@ def check_writable_output(path: PathLike, suffixes: tuple[str, ...] = (".png",))
             raise UserError(f"output file '{target}' is a directory; "
                             f"give a file name such as '{target / 'out.png'}'")
         if target.suffix.lower() not in suffixes:
-            raise UserError(f"output file '{target}' must end in .png (cnn-vis writes PNG "
-                            f"images); use e.g. '{target.with_suffix('.png')}'")
+            raise UserError(f"output file '{target}' must end in {', '.join(suffixes)}; use "
+                            f"e.g. '{target.with_suffix(suffixes[0])}'")
         directory = target.parent
         if not directory.is_dir():
             raise UserError(f"cannot write '{target}': '{directory}' is not an existing directory; "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from cnnvis.errors import Interrupted, NonFiniteImage, UserError
-from cnnvis.imageio import check_writable_output, save_png
+from cnnvis.imageio import PICTURE_SUFFIXES, check_writable_output, save_picture
 from cnnvis.pixels import Picture
 from cnnvis.plan import build_objective, check_combinations, new_seed, plan_picture, run_plan
 from cnnvis.report import ConsoleObserver, describe_dream, parse_actions
@@ -23,7 +23,10 @@ def write_picture(request: Request) -> Outcome:
     command, options = request.command, request.dream
     actions = parse_actions(command.iter_behavior)
     output = request.output
-    check_writable_output(output)
+    check_writable_output(output, PICTURE_SUFFIXES)
+    if command.output_depth == 16 and output.suffix.lower() != ".png":
+        raise UserError(f"--output_depth 16 needs a PNG; {output} is 8-bit JPEG or WebP. Give "
+                        f"--output_file {output.with_suffix('.png')}, or drop --output_depth.")
     inputs = read_inputs(command, output)
     check_combinations(options, inputs.photo is not None, inputs.guide is not None)
     device = select_device(command.gpu)
@@ -42,7 +45,7 @@ def write_picture(request: Request) -> Outcome:
 
     def save(picture: Picture) -> None:
         with signals_deferred():   # a signal now waits for the file to be complete
-            save_png(output, picture.rgb(command.output_depth), png_text)
+            save_picture(output, picture.rgb(command.output_depth), png_text)
 
     try:
         try:

@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cnnvis.errors import UserError
-from cnnvis.imageio import atomic_write, intermediate_path, save_png, sibling_path
+from cnnvis.imageio import atomic_write, intermediate_path, save_picture, sibling_path
 from cnnvis.optimizer import Report
 from cnnvis.settings import ACTIONS, DreamOptions
 
@@ -72,7 +72,7 @@ class ConsoleObserver:
     def report(self, report: Report) -> None:
         actions = {
             "print": lambda: self.bar.write(format_report(report), file=sys.stderr),
-            "save": lambda: save_png(self._intermediate_path(report),
+            "save": lambda: save_picture(self._intermediate_path(report),
                                      report.picture.rgb(self.depth), self.png_text),
             "plot_pix": lambda: self._plot_pixels_of(report),
             "show": lambda: self._draw("show", partial(_show_image, rgb=report.picture.rgb(),

@@ -297,8 +297,8 @@ class CommandOptions:
     seed: int | None = option(None, int, "random seed (default: a fresh one, recorded in the "
                               "output PNG)", GROUPS[2], minimum=0,
                               maximum=2 ** 63 - 1)  # what torch's generator takes
-    output_file: str = option("out.png", str, "the PNG to write; for a zoom sequence or a "
-                              "dreamed video a .mp4, .webm or .gif", GROUPS[9], recorded=False,
+    output_file: str = option("out.png", str, "the picture to write (.png; 8-bit .jpg or .webp); for a "
+                              "zoom sequence or a dreamed video a .mp4, .webm or .gif", GROUPS[9], recorded=False,
                               path=True)
     output_depth: int = option(8, int, "bits per channel of the PNGs written", GROUPS[9],
                                choices=OUTPUT_DEPTHS)
