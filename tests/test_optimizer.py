@@ -11,6 +11,7 @@ from cnnvis.errors import NonFiniteImage
 from cnnvis.objectives import amplify_neuron
 from cnnvis.optimizer import Dream
 from cnnvis.settings import DreamOptions
+from cnnvis.tiling import checkerboard_groups, reachable_positions
 
 DECAY = 0.95
 FIRST_STEP = 1 / math.sqrt(1 - DECAY)  # |step| / lr of a fresh RMSProp cache: |g| / sqrt((1-d) g^2)
@@ -169,3 +170,18 @@ def test_non_finite_image_stops_and_keeps_the_last_finite_image():
         run.run(torch.zeros(1, 3, 4, 4), None)
     assert torch.isfinite(run.image).all()
     assert run.image[0, 0, 0, 0].item() == pytest.approx(5e37 * FIRST_STEP, rel=1e-5)
+
+
+def test_region_windows_are_made_once_per_size_and_shift():
+    cpu = torch.device("cpu")
+    windows = optimizer.RegionWindows(10, 12, optimizer.RMSPropCaches(10, 12, (4, 4), 1, cpu), cpu)
+    region = checkerboard_groups(10, 12, 4, 4)[0][0]             # the tile at (0, 0)
+    assert windows.at(region, (0, 0))[0] == optimizer.Window(slice(0, 4), slice(0, 4))
+    image_window, cache_window = windows.at(region, (1, 0))      # rows wrap around the top
+    np.testing.assert_array_equal(image_window.rows.numpy(), [9, 0, 1, 2])
+    np.testing.assert_array_equal(image_window.cols.numpy(), [0, 1, 2, 3])
+    again = windows.at(region, (1, 0))
+    assert again[0].rows is image_window.rows and again[1].rows is cache_window.rows
+    # The cache layer of even rows holds only the rows an even tile reaches at some shift.
+    in_layer = optimizer._compact_indices(reachable_positions(10, 4, 0, 1))
+    np.testing.assert_array_equal(cache_window.rows.numpy(), in_layer[[9, 0, 1, 2]])
