@@ -3,11 +3,17 @@
 Everything here follows docs/algorithm.md exactly (update order, RMSProp per region,
 schedules, resets between sizes). The loop does no I/O and no display: progress and
 diagnostics go to two callbacks, one after every step and one every `output_iter` steps.
+
+Ready for a GPU: the loop reads values back from the device (a wait for all the work
+queued) only through `read_to_host`, once on a report step (the step's diagnostics, summed
+on the device, and the finiteness flag together), and otherwise only where the finiteness
+watch needs its flag (`cnnvis.finiteness`). The windows' index tensors are built once per
+size, not at every step.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -26,18 +32,40 @@ from cnnvis.tiling import (Region, checkerboard_groups, coverage_counts,
 RMSPROP_EPSILON = 1e-8
 
 
-@dataclass
-class StepStats:
-    """Diagnostics of one step, summed over its regions (gathered only on report steps)."""
+def read_to_host(values: torch.Tensor) -> list[float] | float | int:
+    """The loop's one way of reading values back from the device (`tolist`)."""
+    return values.tolist()
 
-    losses: dict[str, float] = field(default_factory=lambda: {"objective": 0.0, "p": 0.0, "tv": 0.0})
-    gradient_sums: dict[str, float] = field(default_factory=lambda: {
-        "cnn": 0.0, "p": 0.0, "p_aux": 0.0, "tv": 0.0})
-    regions: int = 0
-    step_sizes: list[torch.Tensor] = field(default_factory=list)
+
+class StepStats:
+    """Diagnostics of one step, summed over its regions (gathered only on report steps).
+
+    The sums stay on the device as float64 scalars, added one term at a time in the order
+    the regions come: to the bit the sums of Python floats that were read one by one.
+    `totals` stacks them, and the step sizes' mean and median, for a single read.
+    """
+
+    LOSSES = ("objective", "p", "tv")
+    GRADIENTS = ("cnn", "p", "p_aux", "tv")
+
+    def __init__(self, device: torch.device):
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        self.losses = {name: zero.clone() for name in self.LOSSES}
+        self.gradient_sums = {name: zero.clone() for name in self.GRADIENTS}
+        self.regions = 0
+        self.step_sizes: list[torch.Tensor] = []
+
+    def add_loss(self, name: str, value: torch.Tensor) -> None:
+        self.losses[name] += value.double()
 
     def add(self, name: str, gradient: torch.Tensor) -> None:
-        self.gradient_sums[name] += float(gradient.abs().mean())
+        self.gradient_sums[name] += gradient.abs().mean().double()
+
+    def totals(self) -> torch.Tensor:
+        """(9,) float64: the losses, the gradient sums, then the step sizes' mean and median."""
+        steps = torch.cat(self.step_sizes)
+        return torch.stack([*self.losses.values(), *self.gradient_sums.values(),
+                            steps.mean().double(), steps.median().double()])
 
 
 @dataclass(frozen=True)
@@ -123,15 +151,24 @@ class Dream:
         learning_rate, tv_reg = s.learning_rate, s.tv_reg
         watch = LastFinite(self.image)
         for step in range(1, s.num_steps + 1):
-            stats = StepStats() if self.callback and step % s.output_iter == 0 else None
+            stats = (StepStats(self.image.device) if self.callback and step % s.output_iter == 0
+                     else None)
             watch.before_step(self.image)
             shift = self._jitter_shift()
             for group in groups:
                 self._update_group(group, [windows.at(region, shift) for region in group],
                                    anchor, caches, rates, mask, learning_rate, tv_reg, stats)
-            bad_step = watch.check(self.image, step, read=step % s.output_iter == 0
-                                   or step == s.num_steps)
-            if bad_step is not None:
+            first_bad = watch.after_step(self.image, step)   # 0 while finite; not read yet
+            report = None
+            if stats is not None:   # the step's one read: its diagnostics and the flag together
+                values = read_to_host(torch.cat([stats.totals(), first_bad.double().view(1)]))
+                bad_step = int(values.pop())
+                report = self._report(size_index, step, stats, values)
+            elif not watch.on_device or step % s.output_iter == 0 or step == s.num_steps:
+                bad_step = read_to_host(first_bad)
+            else:
+                bad_step = 0
+            if bad_step:
                 self.image = watch.kept
                 raise NonFiniteImage(f"the image became non-finite at step {bad_step} of size "
                                      f"{size_index}")
@@ -141,8 +178,8 @@ class Dream:
                 learning_rate *= s.learning_rate_decay_factor
             if self.progress is not None:
                 self.progress(size_index, step)
-            if stats is not None and self.callback is not None:
-                self.callback(self._report(size_index, step, stats))
+            if report is not None and self.callback is not None:
+                self.callback(report)
 
     def _jitter_shift(self) -> tuple[int, int]:
         """This step's roll (dy, dx) of the image, each uniform in [-jitter, jitter]."""
@@ -188,7 +225,7 @@ class Dream:
             loss, gradient = self.model.objective_gradient(tiles, self.objective)
             gradients.extend(gradient.unbind(0))
             if stats is not None:
-                stats.losses["objective"] -= float(loss)
+                stats.add_loss("objective", -loss)
         return gradients
 
     def _regulariser_gradient(self, pixels: torch.Tensor, anchor: torch.Tensor | None,
@@ -210,19 +247,21 @@ class Dream:
             gradient = weight * gradient
             total += gradient
             if stats is not None:
-                stats.losses["tv" if name == "tv" else "p"] += weight * float(value)
+                stats.add_loss("tv" if name == "tv" else "p", value.double() * weight)
                 stats.add(name, gradient)
         return total
 
-    def _report(self, size_index: int, step: int, stats: StepStats) -> Report:
-        steps = torch.cat(stats.step_sizes)
+    def _report(self, size_index: int, step: int, stats: StepStats,
+                totals: list[float]) -> Report:
+        """The report of `stats`, whose `totals` have been read."""
+        objective, p_loss, tv_loss, *gradient_sums, step_mean, step_median = totals
         return Report(
             size_index=size_index, num_sizes=len(self.sizes), step=step,
             picture=Picture(self.image, self.model.mean_bgr, self.options.rescale_image),
-            objective=stats.losses["objective"], p_loss=stats.losses["p"],
-            tv_loss=stats.losses["tv"],
-            mean_gradients={k: v / stats.regions for k, v in stats.gradient_sums.items()},
-            step_mean=float(steps.mean()), step_median=float(steps.median()))
+            objective=objective, p_loss=p_loss, tv_loss=tv_loss,
+            mean_gradients={name: total / stats.regions
+                            for name, total in zip(StepStats.GRADIENTS, gradient_sums)},
+            step_mean=step_mean, step_median=step_median)
 
 
 @dataclass(frozen=True)
@@ -277,7 +316,7 @@ class RMSPropCaches:
 
 
 class AxisPositions:
-    """AxisPositions along one axis: a slice where they are consecutive, and (made when first
+    """Positions along one axis: a slice where they are consecutive, and (made when first
     needed) the same positions as an index tensor on the device."""
 
     def __init__(self, positions: slice | np.ndarray, device: torch.device):
