@@ -3,11 +3,17 @@
 Everything here follows docs/algorithm.md exactly (update order, RMSProp per region,
 schedules, resets between sizes). The loop does no I/O and no display: progress and
 diagnostics go to two callbacks, one after every step and one every `output_iter` steps.
+
+Ready for a GPU: the loop reads values back from the device (a wait for all the work
+queued) only through `read_to_host`, once on a report step (the step's diagnostics, summed
+on the device, and the finiteness flag together), and otherwise only where the finiteness
+watch needs its flag (`cnnvis.finiteness`). The windows' index tensors are built once per
+size, not at every step.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -26,18 +32,40 @@ from cnnvis.tiling import (Region, checkerboard_groups, coverage_counts,
 RMSPROP_EPSILON = 1e-8
 
 
-@dataclass
-class StepStats:
-    """Diagnostics of one step, summed over its regions (gathered only on report steps)."""
+def read_to_host(values: torch.Tensor) -> list[float] | float | int:
+    """The loop's one way of reading values back from the device (`tolist`)."""
+    return values.tolist()
 
-    losses: dict[str, float] = field(default_factory=lambda: {"objective": 0.0, "p": 0.0, "tv": 0.0})
-    gradient_sums: dict[str, float] = field(default_factory=lambda: {
-        "cnn": 0.0, "p": 0.0, "p_aux": 0.0, "tv": 0.0})
-    regions: int = 0
-    step_sizes: list[torch.Tensor] = field(default_factory=list)
+
+class StepStats:
+    """Diagnostics of one step, summed over its regions (gathered only on report steps).
+
+    The sums stay on the device as float64 scalars, added one term at a time in the order
+    the regions come: to the bit the sums of Python floats that were read one by one.
+    `totals` stacks them, and the step sizes' mean and median, for a single read.
+    """
+
+    LOSSES = ("objective", "p", "tv")
+    GRADIENTS = ("cnn", "p", "p_aux", "tv")
+
+    def __init__(self, device: torch.device):
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        self.losses = {name: zero.clone() for name in self.LOSSES}
+        self.gradient_sums = {name: zero.clone() for name in self.GRADIENTS}
+        self.regions = 0
+        self.step_sizes: list[torch.Tensor] = []
+
+    def add_loss(self, name: str, value: torch.Tensor) -> None:
+        self.losses[name] += value.double()
 
     def add(self, name: str, gradient: torch.Tensor) -> None:
-        self.gradient_sums[name] += float(gradient.abs().mean())
+        self.gradient_sums[name] += gradient.abs().mean().double()
+
+    def totals(self) -> torch.Tensor:
+        """(9,) float64: the losses, the gradient sums, then the step sizes' mean and median."""
+        steps = torch.cat(self.step_sizes)
+        return torch.stack([*self.losses.values(), *self.gradient_sums.values(),
+                            steps.mean().double(), steps.median().double()])
 
 
 @dataclass(frozen=True)
@@ -119,18 +147,28 @@ class Dream:
             rates = torch.from_numpy(1.0 / counts).to(self.image)   # (H, W)
         # RMSProp state, learning rate and TV strength start afresh at every size.
         caches = RMSPropCaches(height, width, tile, s.jitter, self.image.device)
+        windows = RegionWindows(height, width, caches, self.image.device)
         learning_rate, tv_reg = s.learning_rate, s.tv_reg
         watch = LastFinite(self.image)
         for step in range(1, s.num_steps + 1):
-            stats = StepStats() if self.callback and step % s.output_iter == 0 else None
+            stats = (StepStats(self.image.device) if self.callback and step % s.output_iter == 0
+                     else None)
             watch.before_step(self.image)
             shift = self._jitter_shift()
             for group in groups:
-                self._update_group(group, shift, anchor, caches, rates, mask, learning_rate,
-                                   tv_reg, stats)
-            bad_step = watch.check(self.image, step, read=step % s.output_iter == 0
-                                   or step == s.num_steps)
-            if bad_step is not None:
+                self._update_group(group, [windows.at(region, shift) for region in group],
+                                   anchor, caches, rates, mask, learning_rate, tv_reg, stats)
+            first_bad = watch.after_step(self.image, step)   # 0 while finite; not read yet
+            report = None
+            if stats is not None:   # the step's one read: its diagnostics and the flag together
+                values = read_to_host(torch.cat([stats.totals(), first_bad.double().view(1)]))
+                bad_step = int(values.pop())
+                report = self._report(size_index, step, stats, values)
+            elif not watch.on_device or step % s.output_iter == 0 or step == s.num_steps:
+                bad_step = read_to_host(first_bad)
+            else:
+                bad_step = 0
+            if bad_step:
                 self.image = watch.kept
                 raise NonFiniteImage(f"the image became non-finite at step {bad_step} of size "
                                      f"{size_index}")
@@ -140,8 +178,8 @@ class Dream:
                 learning_rate *= s.learning_rate_decay_factor
             if self.progress is not None:
                 self.progress(size_index, step)
-            if stats is not None and self.callback is not None:
-                self.callback(self._report(size_index, step, stats))
+            if report is not None and self.callback is not None:
+                self.callback(report)
 
     def _jitter_shift(self) -> tuple[int, int]:
         """This step's roll (dy, dx) of the image, each uniform in [-jitter, jitter]."""
@@ -151,24 +189,18 @@ class Dream:
                                generator=self.jitter_generator).tolist()
         return dy, dx
 
-    def _update_group(self, group: list[Region], shift: tuple[int, int], anchor, caches,
-                      rates, mask, learning_rate: float, tv_reg: float,
+    def _update_group(self, group: list[Region], windows: list[tuple[Window, Window]],
+                      anchor, caches, rates, mask, learning_rate: float, tv_reg: float,
                       stats: StepStats | None) -> None:
         """CNN gradients of all regions on the image as it is now, then each region's update
-        in order. The regions lie on the image rolled by `shift`; it is read where they
-        land instead of being rolled."""
-        height, width = self.image.shape[-2:]
-        positions = [(shifted_positions(region.y, region.height, shift[0], height),
-                      shifted_positions(region.x, region.width, shift[1], width))
-                     for region in group]
-        windows = [Window.at(rows, cols, self.image.device) for rows, cols in positions]
-        cnn_gradients = self._cnn_gradients(windows, stats)
-        for region, (rows, cols), window, cnn_gradient in zip(group, positions, windows,
-                                                               cnn_gradients):
+        in order. The regions lie on the image rolled by this step's shift; it is read where
+        they land (each region's `windows`: in the image, in its cache layer) instead of
+        being rolled."""
+        cnn_gradients = self._cnn_gradients([window for window, _ in windows], stats)
+        for region, (window, cache_window), cnn_gradient in zip(group, windows, cnn_gradients):
             pixels = window.read(self.image[0])                          # (3, h, w)
             gradient = cnn_gradient + self._regulariser_gradient(
                 pixels, None if anchor is None else window.read(anchor[0]), tv_reg, stats)
-            cache_window = caches.window(region, rows, cols)
             cache = cache_window.read(caches.layers[region.parity])      # (3, h, w)
             cache.mul_(self.options.decay_rate).addcmul_(gradient, gradient,
                                                           value=1 - self.options.decay_rate)
@@ -193,7 +225,7 @@ class Dream:
             loss, gradient = self.model.objective_gradient(tiles, self.objective)
             gradients.extend(gradient.unbind(0))
             if stats is not None:
-                stats.losses["objective"] -= float(loss)
+                stats.add_loss("objective", -loss)
         return gradients
 
     def _regulariser_gradient(self, pixels: torch.Tensor, anchor: torch.Tensor | None,
@@ -215,19 +247,21 @@ class Dream:
             gradient = weight * gradient
             total += gradient
             if stats is not None:
-                stats.losses["tv" if name == "tv" else "p"] += weight * float(value)
+                stats.add_loss("tv" if name == "tv" else "p", value.double() * weight)
                 stats.add(name, gradient)
         return total
 
-    def _report(self, size_index: int, step: int, stats: StepStats) -> Report:
-        steps = torch.cat(stats.step_sizes)
+    def _report(self, size_index: int, step: int, stats: StepStats,
+                totals: list[float]) -> Report:
+        """The report of `stats`, whose `totals` have been read."""
+        objective, p_loss, tv_loss, *gradient_sums, step_mean, step_median = totals
         return Report(
             size_index=size_index, num_sizes=len(self.sizes), step=step,
             picture=Picture(self.image, self.model.mean_bgr, self.options.rescale_image),
-            objective=stats.losses["objective"], p_loss=stats.losses["p"],
-            tv_loss=stats.losses["tv"],
-            mean_gradients={k: v / stats.regions for k, v in stats.gradient_sums.items()},
-            step_mean=float(steps.mean()), step_median=float(steps.median()))
+            objective=objective, p_loss=p_loss, tv_loss=tv_loss,
+            mean_gradients={name: total / stats.regions
+                            for name, total in zip(StepStats.GRADIENTS, gradient_sums)},
+            step_mean=step_mean, step_median=step_median)
 
 
 @dataclass(frozen=True)
@@ -240,16 +274,11 @@ class Window:
     cols: slice | torch.Tensor
 
     @classmethod
-    def at(cls, rows: slice | np.ndarray, cols: slice | np.ndarray,
-           device: torch.device) -> "Window":
-        """The window of these positions (a slice each where they are consecutive)."""
-        if isinstance(rows, slice) and isinstance(cols, slice):
-            return cls(rows, cols)
-        # non_blocking: a GPU copies the few indices without waiting for the work queued.
-        rows, cols = (torch.arange(p.start, p.stop, device=device) if isinstance(p, slice)
-                      else torch.from_numpy(p).to(device, non_blocking=True)
-                      for p in (rows, cols))
-        return cls(rows, cols)
+    def of(cls, rows: AxisPositions, cols: AxisPositions) -> "Window":
+        """The window of these positions: slices where both are consecutive."""
+        if rows.slice is not None and cols.slice is not None:
+            return cls(rows.slice, cols.slice)
+        return cls(rows.tensor, cols.tensor)
 
     def read(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor[self._index()]
@@ -284,14 +313,55 @@ class RMSPropCaches:
         rows, cols = self.positions
         self.layers = [torch.zeros((3, int((r >= 0).sum()), int((c >= 0).sum())), device=device)
                        for r in rows for c in cols]   # in the order of Region.parity
-        self.device = device
 
-    def window(self, region: Region, rows: slice | np.ndarray, cols: slice | np.ndarray) -> Window:
-        """The window of the layer of `region`'s parity that holds its cache, for the
-        region read from the image's `rows` and `cols`."""
-        row_index, col_index = self.positions
-        return Window.at(_in_layer(rows, row_index[region.row % 2]),
-                         _in_layer(cols, col_index[region.col % 2]), self.device)
+
+class AxisPositions:
+    """Positions along one axis: a slice where they are consecutive, and (made when first
+    needed) the same positions as an index tensor on the device."""
+
+    def __init__(self, positions: slice | np.ndarray, device: torch.device):
+        self.slice = positions if isinstance(positions, slice) else None
+        self._positions, self._device = positions, device
+        self._tensor: torch.Tensor | None = None
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        if self._tensor is None:
+            p = self._positions
+            # non_blocking: a GPU copies the few indices without waiting for the work queued.
+            self._tensor = (torch.arange(p.start, p.stop, device=self._device)
+                            if isinstance(p, slice)
+                            else torch.from_numpy(p).to(self._device, non_blocking=True))
+        return self._tensor
+
+
+class RegionWindows:
+    """Each region's windows at a jitter shift: where it lies in the image, and in its layer
+    of the RMSProp caches. Made once per size: each axis' positions at each shift (index
+    tensors where they wrap around the image's edge) are kept once made, so that a step
+    sends no indices to the device once its shift has come before."""
+
+    def __init__(self, height: int, width: int, caches: RMSPropCaches, device: torch.device):
+        self.lengths = (height, width)
+        self.caches = caches
+        self.device = device
+        self._axes: dict[tuple[int, int, int, int, int], tuple[AxisPositions, AxisPositions]] = {}
+
+    def at(self, region: Region, shift: tuple[int, int]) -> tuple[Window, Window]:
+        """(image window, cache window) of `region` on the image rolled by `shift`."""
+        rows = self._axis(0, region.y, region.height, shift[0], region.row % 2)
+        cols = self._axis(1, region.x, region.width, shift[1], region.col % 2)
+        return Window.of(rows[0], cols[0]), Window.of(rows[1], cols[1])
+
+    def _axis(self, axis: int, start: int, length: int, shift: int,
+              parity: int) -> tuple[AxisPositions, AxisPositions]:
+        key = (axis, start, length, shift, parity)
+        if key not in self._axes:
+            positions = shifted_positions(start, length, shift, self.lengths[axis])
+            in_layer = _in_layer(positions, self.caches.positions[axis][parity])
+            self._axes[key] = (AxisPositions(positions, self.device),
+                               AxisPositions(in_layer, self.device))
+        return self._axes[key]
 
 
 def _compact_indices(reachable: np.ndarray) -> np.ndarray:

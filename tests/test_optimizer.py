@@ -1,5 +1,7 @@
 """The optimisation loop against hand computations (RMSProp, schedules, resets, update order)."""
+import dataclasses
 import math
+from functools import partial
 
 import numpy as np
 import pytest
@@ -8,9 +10,11 @@ import torch
 import cnnvis.optimizer as optimizer
 from cnnvis.model import VisModel
 from cnnvis.errors import NonFiniteImage
+from cnnvis.finiteness import LastFinite
 from cnnvis.objectives import amplify_neuron
 from cnnvis.optimizer import Dream
 from cnnvis.settings import DreamOptions
+from cnnvis.tiling import checkerboard_groups, reachable_positions
 
 DECAY = 0.95
 FIRST_STEP = 1 / math.sqrt(1 - DECAY)  # |step| / lr of a fresh RMSProp cache: |g| / sqrt((1-d) g^2)
@@ -169,3 +173,106 @@ def test_non_finite_image_stops_and_keeps_the_last_finite_image():
         run.run(torch.zeros(1, 3, 4, 4), None)
     assert torch.isfinite(run.image).all()
     assert run.image[0, 0, 0, 0].item() == pytest.approx(5e37 * FIRST_STEP, rel=1e-5)
+
+
+def test_region_windows_are_made_once_per_size_and_shift():
+    cpu = torch.device("cpu")
+    windows = optimizer.RegionWindows(10, 12, optimizer.RMSPropCaches(10, 12, (4, 4), 1, cpu), cpu)
+    region = checkerboard_groups(10, 12, 4, 4)[0][0]             # the tile at (0, 0)
+    assert windows.at(region, (0, 0))[0] == optimizer.Window(slice(0, 4), slice(0, 4))
+    image_window, cache_window = windows.at(region, (1, 0))      # rows wrap around the top
+    np.testing.assert_array_equal(image_window.rows.numpy(), [9, 0, 1, 2])
+    np.testing.assert_array_equal(image_window.cols.numpy(), [0, 1, 2, 3])
+    again = windows.at(region, (1, 0))
+    assert again[0].rows is image_window.rows and again[1].rows is cache_window.rows
+    # The cache layer of even rows holds only the rows an even tile reaches at some shift.
+    in_layer = optimizer._compact_indices(reachable_positions(10, 4, 0, 1))
+    np.testing.assert_array_equal(cache_window.rows.numpy(), in_layer[[9, 0, 1, 2]])
+
+
+HOST_READS = ("item", "tolist", "numpy", "cpu", "__float__", "__int__", "__bool__", "__index__")
+
+
+def test_one_host_read_per_report_step_and_none_on_other_steps(monkeypatch):
+    """The GPU's way (the finiteness flag kept on the device), on CPU tensors: a report step
+    reads its diagnostics and the flag in one `read_to_host`, the other steps read nothing
+    but the last step of a size (the flag). Any other read of a tensor in the loop counts as
+    a stray one; the callbacks' own reads and the jitter's (its generator is on the host) do
+    not count."""
+    monkeypatch.setattr(optimizer, "LastFinite", partial(LastFinite, on_device=True))
+    counting, stray, reads, reads_by_step = [True], [], [0], {}
+
+    def paused(function):
+        def call(*args, **kwargs):
+            counting[0] = False
+            try:
+                return function(*args, **kwargs)
+            finally:
+                counting[0] = True
+        return call
+
+    for name in HOST_READS:
+        def method(self, *args, _original=getattr(torch.Tensor, name), _name=name, **kwargs):
+            if counting[0]:
+                stray.append(_name)
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, method)
+    read_to_host = paused(optimizer.read_to_host)
+
+    def counted_read(values):
+        reads[0] += 1
+        return read_to_host(values)
+    monkeypatch.setattr(optimizer, "read_to_host", counted_read)
+    monkeypatch.setattr(Dream, "_jitter_shift", paused(Dream._jitter_shift))
+
+    recorder = Recorder()
+
+    def step_done(size_index, step):
+        reads_by_step[size_index, step] = reads[0]
+        reads[0] = 0
+
+    # 8x10 then 10x12 with 4x4 tiles: 6, then 9 regions; batches of 2; every term weighed.
+    run = start(DoublingNetwork(), recorder, sizes=((8, 10), (10, 12)), num_steps=5,
+                output_iter=2, jitter=1, batch_size=2, p_reg=1e-3, p_reg_aux=1e-3, tv_reg=0.5,
+                use_pixel_learning_rates=True)
+    run.progress, run.callback = paused(step_done), paused(recorder.report)
+    initial = torch.randn(1, 3, 8, 10, generator=torch.Generator().manual_seed(0))
+    image = run.run(initial, None, mask_grey=np.full((10, 12), 200, dtype=np.uint8))
+
+    assert stray == []
+    assert reads_by_step == {(size, step): 1 if step in (2, 4, 5) else 0
+                             for size in (1, 2) for step in range(1, 6)}
+    assert [(r.size_index, r.step) for r in recorder.reports] == [(1, 2), (1, 4), (2, 2), (2, 4)]
+    # The same run with the CPU's watch (a read at every step) gives the same, to the bit.
+    monkeypatch.undo()
+    again = start(DoublingNetwork(), Recorder(), sizes=((8, 10), (10, 12)), num_steps=5,
+                  output_iter=2, jitter=1, batch_size=2, p_reg=1e-3, p_reg_aux=1e-3, tv_reg=0.5,
+                  use_pixel_learning_rates=True)
+    again.callback = (reports := []).append
+    assert torch.equal(again.run(initial, None, mask_grey=np.full((10, 12), 200, dtype=np.uint8)),
+                       image)
+    assert [dataclasses.replace(r, picture=None) for r in reports] == [
+        dataclasses.replace(r, picture=None) for r in recorder.reports]
+
+
+def test_report_sums_are_those_of_the_regions_read_one_by_one():
+    """The float64 sums made on the device equal Python's sums of each region's values."""
+    network, recorder = DoublingNetwork(), Recorder()
+    run = start(network, recorder, sizes=((6, 6),), num_steps=2, output_iter=2, p_reg=1e-3,
+                tv_reg=0.5, batch_size=1)
+    initial = torch.randn(1, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    run.run(initial, None)
+    report = recorder.reports[0]
+    # amplify_neuron on 2*x, batch 1: the objective is the sum over the 4 regions' tiles of
+    # 2 * channel 0, each read as a float (float32 sums, added in float64 in region order).
+    tiles = network.seen[-4:]
+    expected = 0.0
+    for tile in tiles:
+        expected -= float(-(2 * tile)[:, 0].sum())
+    assert report.objective == expected
+    cnn_gradient = torch.zeros(3, 4, 4)
+    cnn_gradient[0] = -2
+    total = 0.0
+    for _ in tiles:
+        total += float(cnn_gradient.abs().mean())
+    assert report.mean_gradients["cnn"] == total / 4
