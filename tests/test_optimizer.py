@@ -69,8 +69,10 @@ def start(network, recorder, sizes=((4, 4),), **overrides) -> Dream:
 
 
 def dream(initial, **overrides):
-    network, recorder = DoublingNetwork(), Recorder()
-    return start(network, recorder, **overrides).run(initial, None), network, recorder
+    """The image, the network that ran (the engine's own copy) and the recorder."""
+    recorder = Recorder()
+    run = start(DoublingNetwork(), recorder, **overrides)
+    return run.run(initial, None), run.model.engine.network, recorder
 
 
 def test_two_rmsprop_steps_by_hand():
@@ -265,7 +267,7 @@ def test_report_sums_are_those_of_the_regions_read_one_by_one():
     report = recorder.reports[0]
     # amplify_neuron on 2*x, batch 1: the objective is the sum over the 4 regions' tiles of
     # 2 * channel 0, each read as a float (float32 sums, added in float64 in region order).
-    tiles = network.seen[-4:]
+    tiles = run.model.engine.network.seen[-4:]   # the engine's own copy ran
     expected = 0.0
     for tile in tiles:
         expected -= float(-(2 * tile)[:, 0].sum())
