@@ -9,6 +9,7 @@ the shape of this interface: a value and its gradient.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Callable
 
@@ -35,10 +36,16 @@ def amplify_layer(l1_weight: float, l2_weight: float, grad_clip: float,
         top = -l1_weight * magnitude - l2_weight * a.clamp(-grad_clip, grad_clip)
         if channels is None:
             return -values.sum(), top
-        kept = torch.zeros(a.shape[1], dtype=torch.bool, device=a.device)
-        kept[list(channels)] = True
-        kept = kept.view((1, -1) + (1,) * (a.ndim - 2))   # (1, C, 1, ...)
+        kept = channel_mask(a.shape[1], a.ndim, a.device)
         return -(values * kept).sum(), top * kept
+
+    @functools.lru_cache(maxsize=4)
+    def channel_mask(count: int, ndim: int, device: torch.device) -> torch.Tensor:
+        """(1, C, 1, ...) True on `channels`: made once, not per batch of tiles (a host to
+        device copy on a GPU)."""
+        kept = torch.zeros(count, dtype=torch.bool)
+        kept[list(channels)] = True
+        return kept.view((1, -1) + (1,) * (ndim - 2)).to(device)
     return objective
 
 
