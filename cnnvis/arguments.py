@@ -73,15 +73,20 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
 
 
 def parse(argv: Sequence[str]) -> tuple[dict[str, object], list[str]]:
-    """The value of every option (by name), and the argv they came from (with --replay
+    """The options that argv gives, by name, and the argv they came from (with --replay
     expanded into the recorded command, the options given beside it last)."""
     argv = list(argv)
-    namespace = build_parser().parse_args(_negative_values_attached(argv))
-    replay = namespace.replay
+    replay = build_parser().parse_args(_negative_values_attached(argv)).replay
     if replay:
         argv = replayed_argv(replay, argv)
-        namespace = build_parser().parse_args(_negative_values_attached(argv))
-    return {**vars(namespace), "replay": replay}, argv
+    return {**given_options(argv), "replay": replay}, argv
+
+
+def given_options(argv: Sequence[str]) -> dict[str, object]:
+    """The options that `argv` gives (others keep their defaults, or a recipe's), checked."""
+    tokens = _negative_values_attached(list(argv))
+    build_parser().parse_args(tokens)   # --help, and every check, with the defaults shown
+    return vars(build_parser(defaults=False).parse_args(tokens))
 
 
 def replayed_argv(png: str, argv: list[str]) -> list[str]:

@@ -16,6 +16,7 @@ from cnnvis.arguments import parse
 from cnnvis.console import exit_status, guarded_process
 from cnnvis.engine import keep_freed_memory
 from cnnvis.errors import UserError
+from cnnvis.settings import default
 
 EXIT_USER_ERROR, EXIT_INTERNAL_ERROR = 2, 1
 NOT_ENOUGH_MEMORY = ("error: this machine has not enough memory for the run; use smaller sizes "
@@ -66,25 +67,31 @@ def _out_of_memory(error: Exception) -> bool:
 def run(options: dict[str, object], argv: list[str]) -> int:
     """One command: a model tool, or what the options make."""
     model = {name: options[name] for name in ("model", "deploy_txt", "caffe_model", "gpu",
-                                              "backend", "precision")}
-    if options["list_models"]:
+                                              "backend", "precision") if name in options}
+    if options.get("list_recipes"):
+        for name, description, tuned in workflows.list_recipes():
+            print(f"{name:10} {description} (tuned for {', '.join(tuned)})")
+        return 0
+    if options.get("list_models"):
         print(f"{'name':22} {'trained on':40} {'weights':8} source")
         for name, trained_on, present, source in workflows.list_models():
             print(f"{name:22} {trained_on:40} {'present' if present else 'missing':8} {source}")
         return 0
-    if options["download"]:
+    if options.get("download"):
         path = workflows.download(options["download"])
         print(f"{options['download']}: {path or 'weights come with the installed Python package'}")
         return 0
-    if options["list_layers"]:
-        for name, shape in workflows.list_layers(options["model"], options["deploy_txt"]):
+    if options.get("list_layers"):
+        for name, shape in workflows.list_layers(**{k: v for k, v in model.items()
+                                                    if k in ("model", "deploy_txt")}):
             print(f"{name:40} {' x '.join(str(d) for d in shape)}")
         return 0
-    if options["backend"] == "torch":
+    if options.get("backend", default("backend")) == "torch":
         keep_freed_memory()   # faster on a CPU (see its docstring); a process-wide choice
-    if options["classify"]:
+    if options.get("classify"):
         for index, value, label in workflows.classify(options["classify"],
-                                                      mean_image=options["mean_image"], **model):
+                                                      mean_image=options.get("mean_image"),
+                                                      **model):
             print(f"{index:5d} {value:10.4f} {label}")
         return 0
     outcome = workflows.make(command_line=argv, **options)

@@ -21,9 +21,10 @@ from cnnvis.errors import UserError
 from cnnvis.files import expanded, same_file
 from cnnvis.imageio import load_mean_colour, load_rgb
 from cnnvis.plan import grey_mask
+from cnnvis.recipes import recipe_options
 from cnnvis.recording import option_argv, recorded_text
 from cnnvis.settings import (AnimationOptions, CommandOptions, DreamOptions,
-                             all_options, options_from_keywords)
+                             all_options, default, options_from_keywords)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class Request:
     def from_keywords(cls, command_line: Sequence[str] | None = None, **options) -> "Request":
         """A request from option names (`cnnvis.settings`); `target_neuron` may be a list
         such as "0-15,40" or "all" (an atlas). File options have ~ and $VARIABLES expanded."""
+        if options.get("recipe"):   # its options first: those given beside it apply last
+            options = {**recipe_options(options["recipe"], options.get("model", default("model")),
+                                        own_network=bool(options.get("deploy_txt"))), **options}
         neurons = options.get("target_neuron")
         if isinstance(neurons, str):
             options = {**options, "target_neuron": 0}   # each job of the atlas has its own

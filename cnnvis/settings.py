@@ -270,6 +270,10 @@ def options_from_keywords(options: dict[str, Any], *classes) -> tuple:
 class CommandOptions:
     """The command line's other options: model files, output, reporting and model tools."""
 
+    recipe: str | None = option(None, str, "a named set of options tuned per model (see "
+                                "--list_recipes), e.g. dream; options given beside it apply "
+                                "last", GROUPS[0], metavar="NAME",
+                                recorded=False)   # what it sets is recorded
     model: str = option("bvlc_googlenet", str, "model preset (see --list_models); "
                         "--deploy_txt/--caffe_model override its files", GROUPS[0])
     deploy_txt: str | None = option(None, str, "Caffe .prototxt of the CNN (input blob 'data'); "
@@ -317,6 +321,8 @@ class CommandOptions:
         GROUPS[11], recorded=False, replayed=False)
     classify: str | None = option(None, str, "print the model's top 5 classes for IMAGE",
                                   GROUPS[11], metavar="IMAGE", recorded=False, applies="tool", path=True)
+    list_recipes: bool = option(False, bool, "list the recipes (--recipe) with what each makes",
+                                GROUPS[11], recorded=False, applies="tool")
     list_models: bool = option(False, bool, "list the model presets", GROUPS[11], recorded=False, applies="tool")
     list_layers: bool = option(False, bool, "list the model's targetable blobs with their shapes "
                                "(needs no weights)", GROUPS[11], recorded=False, applies="tool")

@@ -24,6 +24,7 @@ from cnnvis.errors import UserError
 from cnnvis.files import expanded, image_files
 from cnnvis.imageio import load_mean_colour, load_rgb
 from cnnvis.picture import write_picture
+from cnnvis.recipes import RECIPES
 from cnnvis.request import Outcome, Request
 from cnnvis.sequence import write_sequence
 from cnnvis.settings import VIDEO_SUFFIXES, default
@@ -83,6 +84,11 @@ def replay(png: str | Path, *, command_line: Sequence[str] = (), **options) -> O
 
 
 # --------------------------------------------------------------------------- model tools
+
+
+def list_recipes() -> list[tuple[str, str, list[str]]]:
+    """(name, what it makes, the models it has tuned values for) of every recipe."""
+    return [(recipe.name, recipe.description, list(recipe.models)) for recipe in RECIPES.values()]
 
 
 def list_models() -> list[tuple[str, str, bool, str]]:
