@@ -9,7 +9,7 @@ never a hang (each example must finish within EXAMPLE_SECONDS). A network that i
 must also run, and make the blob shapes its layers' builders computed.
 
 The normal run does a fast subset (about 200 cases). The long run, several thousand
-cases, is `pytest -m slow tests/test_fuzz.py`.
+cases, is `pytest -m slow tests/caffe/test_reader.py`.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from cnnvis.caffe import caffe_pb2 as pb
 from cnnvis.caffe.layers import BUILDERS
 from cnnvis.errors import UserError
 from cnnvis.caffe.writer import caffemodel_bytes
-from tests.test_caffe_net import TINY, TINY_V1, tiny_weights
+from tests.caffe.test_net import TINY, TINY_V1, tiny_weights
 
 EXAMPLE_SECONDS = 10
 FORWARD_VALUES = 2 ** 22  # networks whose blobs hold at most this many values also run forward
@@ -233,7 +233,7 @@ PROTOTXT_FILE_DATA = mutated_bytes([text.encode() for text in PROTOTXTS])
 test_caffemodel = fuzz_test(CAFFEMODEL_DATA, check_caffemodel, 80)
 test_prototxt = fuzz_test(PROTOTXT_EXAMPLES, check_prototxt, 100)
 test_prototxt_file = fuzz_test(PROTOTXT_FILE_DATA, check_prototxt_file, 20)
-# The long run (pytest -m slow tests/test_fuzz.py): several thousand cases.
+# The long run (pytest -m slow tests/caffe/test_reader.py): several thousand cases.
 test_caffemodel_long = pytest.mark.slow(fuzz_test(CAFFEMODEL_DATA, check_caffemodel, 2500))
 test_prototxt_long = pytest.mark.slow(fuzz_test(PROTOTXT_EXAMPLES, check_prototxt, 5000))
 test_prototxt_file_long = pytest.mark.slow(fuzz_test(PROTOTXT_FILE_DATA, check_prototxt_file, 500))

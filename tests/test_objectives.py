@@ -20,7 +20,7 @@ from cnnvis.regularizers import p_norm
 from cnnvis.settings import DreamOptions
 from cnnvis.tiling import checkerboard_groups
 from tests.cli_contract import refused
-from tests.test_caffe_net import TINY, tiny_weights
+from tests.caffe.test_net import TINY, tiny_weights
 
 
 # ----------------------------------------------------------------------------- gradients
