@@ -108,6 +108,9 @@ def grey_mask(mask: str | Path | Image.Image | np.ndarray) -> np.ndarray:
     if isinstance(mask, np.ndarray) and mask.ndim == 2:
         if mask.dtype != np.uint8:
             raise ValueError(f"expected a uint8 mask, got {mask.dtype}")
+        if mask.size == 0:
+            raise UserError(f"--mask: the image has no pixels (height {mask.shape[0]}, width "
+                            f"{mask.shape[1]}); give an image of at least 1x1 pixels.")
         return mask
     rgb = as_photo(mask, "--mask")
     return np.array(Image.fromarray(rgb).convert("L"))
