@@ -41,8 +41,8 @@ from cnnvis.imageio import ImageInput, as_photo
 from cnnvis.model import VisModel
 from cnnvis.objectives import Objective
 from cnnvis.pixels import MAX_LEVEL
-from cnnvis.plan import (build_objective, check_combinations, grey_mask, new_seed, parse_list,
-                         plan_picture, resolve_target, run_plan)
+from cnnvis.plan import (build_objective, check_combinations, check_model, grey_mask, new_seed,
+                         parse_list, plan_picture, resolve_target, run_plan)
 from cnnvis.settings import DreamOptions, check_seed, default
 from cnnvis.tiling import checkerboard_groups
 from cnnvis.zoo import ModelSpec
@@ -96,6 +96,7 @@ def run_jobs(jobs: Iterable[Job], model: VisModel | ModelSpec, *, guide: ImageIn
     them); `guide` and `mask` are `cnnvis.dream`'s. `model`: a loaded model runs the jobs
     here; local workers (`workers` > 1) and Ray (`ray`) need a `ModelSpec`.
     """
+    check_model(model, specs=True)
     if depth not in MAX_LEVEL:
         raise ValueError(f"depth must be 8 or 16, not {depth}")
     jobs = list(jobs)
@@ -125,6 +126,7 @@ def atlas(image: ImageInput, model: VisModel | ModelSpec, *, neurons: Sequence[i
     "0-15,40", or "all". Neuron k of the list gets the seed `seed + k`. Other keywords
     are `run_jobs`'.
     """
+    check_model(model, specs=True)
     seed = check_seed(seed)
     seed = new_seed() if seed is None else seed
     names = {f.name for f in dataclasses.fields(DreamOptions)}

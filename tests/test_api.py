@@ -259,3 +259,21 @@ def test_sixteen_bit_grey_starts_the_same_from_a_pil_image_as_from_its_file(tmp_
     np.testing.assert_array_equal(np.asarray(from_pil), np.asarray(from_file))
     expected = np.rint(levels / 257.0).astype(np.uint8)
     np.testing.assert_array_equal(np.asarray(start), np.repeat(expected[:, :, None], 3, axis=2))
+
+
+@pytest.mark.parametrize("model, given", [(None, "NoneType"), ("efficientnet_lite0", "the str 'efficientnet_lite0'"),
+                                          (3, "int")])
+def test_a_model_that_is_not_loaded_is_a_type_error_saying_what_to_pass(model, given):
+    name = model if isinstance(model, str) else "efficientnet_lite0"
+    loaded = f"model must be a cnnvis.VisModel, not {given}: pass the result of cnnvis.load_model('{name}')"
+    for call in (lambda: cnnvis.dream(None, model), lambda: cnnvis.render(None, model)):
+        with pytest.raises(TypeError) as error:
+            call()
+        assert str(error.value) == loaded
+    either = (f"model must be a cnnvis.VisModel or a cnnvis.ModelSpec, not {given}: pass the result "
+              f"of cnnvis.load_model('{name}'), or cnnvis.ModelSpec('{name}') for workers and Ray")
+    for call in (lambda: cnnvis.run_jobs([cnnvis.Job("a", 0)], model),
+                 lambda: cnnvis.atlas(None, model, neurons="all", seed=0)):
+        with pytest.raises(TypeError) as error:
+            call()
+        assert str(error.value) == either
