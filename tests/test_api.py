@@ -266,7 +266,9 @@ def test_sixteen_bit_grey_starts_the_same_from_a_pil_image_as_from_its_file(tmp_
 def test_a_model_that_is_not_loaded_is_a_type_error_saying_what_to_pass(model, given):
     name = model if isinstance(model, str) else "efficientnet_lite0"
     loaded = f"model must be a cnnvis.VisModel, not {given}: pass the result of cnnvis.load_model('{name}')"
-    for call in (lambda: cnnvis.dream(None, model), lambda: cnnvis.render(None, model)):
+    for call in (lambda: cnnvis.dream(None, model), lambda: cnnvis.render(None, model),
+                 lambda: cnnvis.animate(None, model, frames=2),
+                 lambda: cnnvis.dream_video([(1, np.zeros((16, 16, 3), np.uint8))], model)):
         with pytest.raises(TypeError) as error:
             call()
         assert str(error.value) == loaded
