@@ -62,6 +62,19 @@ class Job:
     image: ImageInput = None
     options: Mapping[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self):
+        """Each field checked now, with the command line's messages (not where it is used)."""
+        if not isinstance(self.name, str):
+            raise TypeError(f"a Job's name is a str (how it is reported, e.g. 'neuron 5'), "
+                            f"not {type(self.name).__name__}")
+        if self.seed is None:
+            raise TypeError("a Job's seed is an int from 0 to 2^63 - 1, not None")
+        check_seed(self.seed)
+        if not isinstance(self.options, Mapping):
+            raise TypeError("a Job's options are a mapping of option names to values (e.g. "
+                            f"{{'target_neuron': 5}}), not {type(self.options).__name__}")
+        DreamOptions.from_keywords(dict(self.options))   # their names and values
+
 
 @dataclass(frozen=True, eq=False)   # pixels do not compare as values; results are handles
 class JobResult:
