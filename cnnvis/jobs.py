@@ -127,8 +127,8 @@ def run_jobs(jobs: Iterable[Job], model: VisModel | ModelSpec, *, guide: ImageIn
                         "not a loaded model")
     elif ray is not None:
         pool = _RayTasks(model, plan, ray, workers)
-    else:
-        pool = _LocalWorkers(model, plan, workers)
+    else:   # no more workers than jobs: each would load the model for nothing
+        pool = _LocalWorkers(model, plan, max(1, min(workers, len(jobs))))
     return _results(jobs, pool)
 
 
@@ -272,12 +272,13 @@ class _LocalWorkers:
 
     def _start(self) -> None:
         context = multiprocessing.get_context("spawn")
-        devices = context.Queue()
-        for device in self.devices:
-            devices.put(device)
+        # Worker k of the pool takes device k: a shared count, not a queue of the devices
+        # (a queue's thread, its pipe full of the devices of workers never started, would
+        # keep this process from exiting).
+        started = context.Value("i", 0)
         self.executor = concurrent.futures.ProcessPoolExecutor(
             self.slots, mp_context=context, initializer=_start_worker,
-            initargs=(self.spec, self.plan, self.threads, devices))
+            initargs=(self.spec, self.plan, self.threads, self.devices, started))
 
     def submit(self, job: Job, photo: np.ndarray | None) -> concurrent.futures.Future:
         try:
@@ -324,12 +325,14 @@ class _LocalWorkers:
 _worker: tuple[VisModel, _Plan] | None = None   # a local worker's model and plan
 
 
-def _start_worker(spec: ModelSpec, plan: _Plan, threads: int, devices) -> None:
+def _start_worker(spec: ModelSpec, plan: _Plan, threads: int, devices: list, started) -> None:
     global _worker
     # Ctrl-C reaches the whole process group; the caller keeps what is finished and ends us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
-    _worker = (_load_in_worker(spec, devices.get()), plan)
+    with started.get_lock():
+        number, started.value = started.value, started.value + 1
+    _worker = (_load_in_worker(spec, devices[number % len(devices)]), plan)
 
 
 def _run_in_worker(job: Job, photo: np.ndarray | None) -> JobResult:

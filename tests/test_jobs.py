@@ -1,9 +1,17 @@
 """cnnvis.jobs at its doors (Nothing lost 3): jobs and models checked before any work."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 import cnnvis
+from cnnvis import jobs
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("fields, error, message", [
@@ -29,3 +37,44 @@ def test_a_job_of_wrong_fields_is_refused_when_made(fields, error, message):
 def test_a_job_of_right_fields_is_made():
     job = cnnvis.Job("neuron 5", 2 ** 63 - 1, None, {"image_type": "amplify_neuron", "target_neuron": 5})
     assert job.seed == 2 ** 63 - 1 and job.options["target_neuron"] == 5
+
+
+def test_no_more_workers_start_than_there_are_jobs(monkeypatch, tiny_model):
+    started = []
+
+    class Workers:
+        slots, retries = 1, 0
+
+        def __init__(self, spec, plan, workers):
+            started.append(workers)
+
+        def submit(self, job, photo):
+            return jobs.JobResult(job, None, None, "not run")   # its own handle
+
+        def wait(self, handles):
+            return [(result, result) for result in handles]
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(jobs, "_LocalWorkers", Workers)
+    spec = cnnvis.ModelSpec(deploy_txt=tiny_model[1], caffe_model=tiny_model[3], device="cpu")
+    for count, workers, expected in ((3, 4096, 3), (3, 2, 2), (0, 8, 1)):
+        listed = [cnnvis.Job(f"job {k}", k) for k in range(count)]
+        assert len(list(cnnvis.run_jobs(listed, spec, workers=workers))) == count
+        assert started.pop() == expected
+
+
+def test_more_workers_than_jobs_write_every_picture_and_exit(tiny_model, tmp_path):
+    """--workers 4096 for 2 jobs: the pictures, then the process exits (before, a thread
+    writing 4096 workers' devices into a full pipe kept it from exiting)."""
+    output = tmp_path / "out.png"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "cnn_vis.py"), *tiny_model, "--image_type", "amplify_neuron",
+         "--target_neuron", "0-1", "--num_steps", "2", "--iter_behavior", "", "--seed", "1",
+         "--workers", "4096", "--output_file", str(output)],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "out_atlas" / "conv2").iterdir()) == [
+        "0000.png", "0001.png"]
