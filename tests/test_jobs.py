@@ -45,7 +45,7 @@ def test_no_more_workers_start_than_there_are_jobs(monkeypatch, tiny_model):
     class Workers:
         slots, retries = 1, 0
 
-        def __init__(self, spec, plan, workers):
+        def __init__(self, spec, plan, workers, render):
             started.append(workers)
 
         def submit(self, job, photo):
@@ -57,7 +57,7 @@ def test_no_more_workers_start_than_there_are_jobs(monkeypatch, tiny_model):
         def close(self):
             pass
 
-    monkeypatch.setattr(jobs, "_LocalWorkers", Workers)
+    monkeypatch.setattr(jobs, "LocalWorkers", Workers)
     spec = cnnvis.ModelSpec(deploy_txt=tiny_model[1], caffe_model=tiny_model[3], device="cpu")
     for count, workers, expected in ((3, 4096, 3), (3, 2, 2), (0, 8, 1)):
         listed = [cnnvis.Job(f"job {k}", k) for k in range(count)]
