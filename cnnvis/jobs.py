@@ -119,8 +119,10 @@ def run_jobs(jobs: Iterable[Job], model: VisModel | ModelSpec, *, guide: ImageIn
         raise TypeError("workers and Ray load the model themselves: give a cnnvis.ModelSpec, "
                         "not a loaded model")
     elif ray is not None:
+        model.check(device=False)   # here, not as every task's error (the cluster's devices)
         pool = RayTasks(model, plan, ray, workers, _render)
     else:   # no more workers than jobs: each would load the model for nothing
+        model.check()   # here, not as every worker's death
         pool = LocalWorkers(model, plan, max(1, min(workers, len(jobs))), _render)
     return _results(jobs, pool)
 

@@ -68,7 +68,7 @@ class LocalWorkers:
         outcomes, broken = [], False
         for future in done:
             try:
-                outcomes.append((future, future.result()))
+                outcomes.append((future, future.result()))   # raises the model's error
             except BrokenProcessPool:
                 outcomes.append((future, WORKER_DIED))
                 broken |= self.born[future] == self.generation
@@ -96,7 +96,8 @@ class LocalWorkers:
         self.executor.shutdown(wait=wait, cancel_futures=True)
 
 
-_worker: tuple[Render, VisModel, Any] | None = None   # a local worker's render, model, plan
+# A local worker's render, model and plan, or the error that its model's loading raised.
+_worker: tuple[Render, VisModel, Any] | Exception | None = None
 
 
 def _start_worker(spec: ModelSpec, plan: Any, render: Render, threads: int, devices: list,
@@ -107,10 +108,15 @@ def _start_worker(spec: ModelSpec, plan: Any, render: Render, threads: int, devi
     torch.set_num_threads(threads)
     with started.get_lock():
         number, started.value = started.value, started.value + 1
-    _worker = (render, _load_in_worker(spec, devices[number % len(devices)]), plan)
+    try:
+        _worker = (render, _load_in_worker(spec, devices[number % len(devices)]), plan)
+    except Exception as error:  # noqa: BLE001 - raised by each job: the caller ends the run
+        _worker = error         # (raised here, it would be a worker's death, run again)
 
 
 def _run_in_worker(job: Any, photo: np.ndarray | None) -> Any:
+    if isinstance(_worker, Exception):   # the model did not load here
+        raise _worker
     render, model, plan = _worker
     return render(model, plan, job, photo)
 
@@ -154,6 +160,10 @@ class RayTasks:
                 outcomes.append((reference, self.ray.get(reference)))
             except self.died:
                 outcomes.append((reference, WORKER_DIED))
+            except self.ray.exceptions.RayTaskError as error:   # the model did not load there
+                if isinstance(error.cause, UserError):
+                    raise UserError(str(error.cause)) from None
+                raise
         return outcomes
 
     def close(self) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +79,40 @@ def test_more_workers_than_jobs_write_every_picture_and_exit(tiny_model, tmp_pat
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (tmp_path / "out_atlas" / "conv2").iterdir()) == [
         "0000.png", "0001.png"]
+
+
+@pytest.mark.parametrize("pool", [{"workers": 2}, {"ray": "local", "workers": 1}])
+def test_a_model_that_cannot_load_is_its_error_before_any_worker_starts(
+        monkeypatch, tiny_model, tmp_path, pool):
+    def no_pool(*args):
+        raise AssertionError("a pool started")
+
+    monkeypatch.setattr(jobs, "LocalWorkers", no_pool)
+    monkeypatch.setattr(jobs, "RayTasks", no_pool)
+    listed = [cnnvis.Job(f"job {k}", k) for k in range(3)]
+    deploy, weights = tiny_model[1], tiny_model[3]
+    for spec, message in (
+            (cnnvis.ModelSpec("no_such_model"), "unknown model 'no_such_model'"),
+            (cnnvis.ModelSpec(deploy_txt=tmp_path / "none.prototxt", caffe_model=weights),
+             "cannot read network definition (prototxt)"),
+            (cnnvis.ModelSpec(deploy_txt=deploy, caffe_model=tmp_path / "none.caffemodel"),
+             "cannot read weights file (caffemodel)")):
+        with pytest.raises(cnnvis.UserError, match=re.escape(message)):
+            cnnvis.run_jobs(listed, spec, target_layer="conv2", **pool)
+
+
+@pytest.mark.parametrize("pool", [{"workers": 2}, {"ray": "local", "workers": 1}])
+def test_a_model_that_fails_to_load_in_the_workers_is_its_error_once(tiny_model, tmp_path, pool):
+    """Weights that only loading finds corrupt: the error of the first job whose worker
+    tried, not a worker's death run again 4 times."""
+    corrupt = tmp_path / "corrupt.caffemodel"
+    corrupt.write_bytes(b"\x0a\x05not a caffemodel at all")
+    spec = cnnvis.ModelSpec(deploy_txt=tiny_model[1], caffe_model=corrupt, device="cpu")
+    spec.check()   # the file is there: only loading it says what it is
+    results = cnnvis.run_jobs([cnnvis.Job(f"job {k}", k) for k in range(3)], spec,
+                              target_layer="conv2", num_steps=1, **pool)
+    with pytest.raises(cnnvis.UserError) as error:
+        list(results)
+    assert str(error.value).startswith(f"{corrupt} is not a Caffe .caffemodel (it is truncated "
+                                       "or corrupt")
+    assert jobs.WORKER_DIED not in str(error.value)
