@@ -39,7 +39,7 @@ from cnnvis.plan import (build_objective, check_combinations, check_model, grey_
                          parse_list, plan_picture, resolve_target, run_plan)
 from cnnvis.pools import (RETRIES, WORKER_DIED, LocalWorkers, RayTasks,  # noqa: F401 - import_ray:
                           import_ray)                                    # cnnvis.batch's
-from cnnvis.settings import DreamOptions, check_seed, default
+from cnnvis.settings import CommandOptions, DreamOptions, check_seed, default
 from cnnvis.tiling import checkerboard_groups
 from cnnvis.zoo import ModelSpec
 
@@ -94,15 +94,17 @@ class _Plan:
 
 def run_jobs(jobs: Iterable[Job], model: VisModel | ModelSpec, *, guide: ImageInput = None,
              mask: ImageInput = None, depth: int = default("output_depth"),
-             workers: int | None = None,
-             ray: str | None = None, **options) -> Iterator[JobResult]:
+             workers: int | None = None, ray: str | None = None,
+             ray_timeout: float = default("ray_timeout"), **options) -> Iterator[JobResult]:
     """Run `jobs`, yielding each one's result as soon as it finishes (so not in order).
 
     `options` are the `cnnvis.DreamOptions` of every job (a job's own options replace
     them); `guide` and `mask` are `cnnvis.dream`'s. `model`: a loaded model runs the jobs
-    here; local workers (`workers` > 1) and Ray (`ray`) need a `ModelSpec`.
+    here; local workers (`workers` > 1) and Ray (`ray`) need a `ModelSpec`. The cluster
+    at `ray`'s address has `ray_timeout` seconds to answer.
     """
     check_model(model, specs=True)
+    CommandOptions(workers=workers, ray=ray, ray_timeout=ray_timeout)   # their values
     if depth not in MAX_LEVEL:
         raise ValueError(f"depth must be 8 or 16, not {depth}")
     jobs = list(jobs)
@@ -120,7 +122,7 @@ def run_jobs(jobs: Iterable[Job], model: VisModel | ModelSpec, *, guide: ImageIn
                         "not a loaded model")
     elif ray is not None:
         model.check(device=False)   # here, not as every task's error (the cluster's devices)
-        pool = RayTasks(model, plan, ray, workers, _render)
+        pool = RayTasks(model, plan, ray, workers, _render, ray_timeout)
     else:   # no more workers than jobs: each would load the model for nothing
         model.check()   # here, not as every worker's death
         pool = LocalWorkers(model, plan, max(1, min(workers, len(jobs))), _render)

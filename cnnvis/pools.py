@@ -8,9 +8,13 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
+import logging
 import multiprocessing
 import os
+import re
 import signal
+import socket
+import time
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
 
@@ -20,6 +24,7 @@ import torch
 from cnnvis.engine import keep_freed_memory
 from cnnvis.errors import UserError
 from cnnvis.model import VisModel
+from cnnvis.settings import default
 from cnnvis.zoo import ModelSpec
 
 RETRIES = 3   # further tries of a job whose worker died (Ray's default for tasks too)
@@ -128,14 +133,19 @@ class RayTasks:
     retries = 0   # Ray runs again the task of a worker that died
 
     def __init__(self, spec: ModelSpec, plan: Any, address: str, workers: int | None,
-                 render: Render):
+                 render: Render, timeout: float = default("ray_timeout")):
         ray = self.ray = import_ray()
+        # Ray's own log lines (its warnings, the workers' output) only for debugging.
+        debug = (os.environ.get("CNN_VIS_DEBUG") == "1"
+                 or logging.getLogger("cnnvis").isEnabledFor(logging.DEBUG))
+        quiet = {"logging_level": "warning" if debug else "error", "log_to_driver": debug}
         try:
             if address == "local":
                 ray.init(address="local", num_cpus=workers or os.cpu_count(),
-                         include_dashboard=False, logging_level="warning")
+                         include_dashboard=False, **quiet)
             else:
-                ray.init(address=address, logging_level="warning")
+                probe_cluster(address, timeout)
+                ray.init(address=address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise UserError(f"--ray {address}: cannot connect to a Ray cluster ({error}); start "
                             "one with 'ray start --head', give its address (HOST:6379), or use "
@@ -168,6 +178,44 @@ class RayTasks:
 
     def close(self) -> None:
         self.ray.shutdown()   # the driver leaves: tasks still in flight end with it
+
+
+def probe_cluster(address: str, timeout: float) -> None:
+    """A UserError within about `timeout` seconds unless a gRPC server (as the head of a Ray
+    cluster is, and Ray's client server) answers at `address`, when it is HOST:PORT (or
+    ray://HOST:PORT): ray.init would otherwise retry for minutes, printing its log lines."""
+    match = _HOST_PORT.fullmatch(address.strip())
+    if match is None:
+        return   # 'auto': the cluster that Ray knows of here
+    host, port = match["host"], int(match["port"])
+    fix = (f"start one there (ray start --head --port {port}), check the address (the head's "
+           "'ray start' prints it), use --ray local to start one on this machine, or give a "
+           "longer --ray_timeout")
+    deadline = time.monotonic() + timeout
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as connection:
+            connection.sendall(_HTTP2_PREFACE)
+            answer = b""
+            while len(answer) < 9:   # an HTTP/2 frame's header; a server's first is SETTINGS
+                connection.settimeout(max(deadline - time.monotonic(), 0.01))
+                received = connection.recv(9 - len(answer))
+                if not received:
+                    break
+                answer += received
+    except socket.timeout:
+        raise UserError(f"--ray {address}: no Ray cluster answered within {timeout:g} s "
+                        f"(timed out); {fix}.") from None
+    except OSError as error:
+        raise UserError(f"--ray {address}: no Ray cluster answered within {timeout:g} s "
+                        f"({error.strerror or error}); {fix}.") from None
+    if len(answer) < 9 or answer[3] != 0x04:
+        raise UserError(f"--ray {address}: something answered within {timeout:g} s, but not a Ray "
+                        f"cluster (its head's port, 6379 by default, speaks gRPC); {fix}.")
+
+
+_HOST_PORT = re.compile(r"(?:ray://)?\[?(?P<host>[^\[\]/]+?)\]?:(?P<port>\d{1,5})")
+# A client's HTTP/2 connection preface and its empty SETTINGS frame (RFC 9113, 3.4).
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
 
 
 def import_ray():

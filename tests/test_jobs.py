@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 import cnnvis
-from cnnvis import jobs
+from cnnvis import jobs, pools
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,3 +119,78 @@ def test_a_model_that_fails_to_load_in_the_workers_is_its_error_once(tiny_model,
     assert str(error.value).startswith(f"{corrupt} is not a Caffe .caffemodel (it is truncated "
                                        "or corrupt")
     assert jobs.WORKER_DIED not in str(error.value)
+
+
+def test_a_ray_address_where_nothing_listens_is_one_line_within_the_timeout(tiny_model, tmp_path):
+    """127.0.0.2:1, on the loopback, where nothing listens: one line naming the address, the
+    timeout and the fix, and none of Ray's (Ray retried for minutes, printing its own)."""
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "cnn_vis.py"), *tiny_model, "--image_type", "amplify_neuron",
+         "--target_neuron", "0-1", "--num_steps", "2", "--iter_behavior", "", "--ray",
+         "127.0.0.2:1", "--ray_timeout", "2", "--output_file", str(tmp_path / "out.png")],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "cnn-vis: error: --ray 127.0.0.2:1: no Ray cluster answered within 2 s (Connection "
+        "refused); start one there (ray start --head --port 1), check the address (the head's "
+        "'ray start' prints it), use --ray local to start one on this machine, or give a longer "
+        "--ray_timeout."]
+    assert time.monotonic() - started < 60   # the interpreter, torch and ray imported
+    assert not (tmp_path / "out_atlas").exists()
+
+
+@pytest.fixture
+def loopback_server():
+    """A server on 127.0.0.1 that answers each connection with `answer` (b"": silence);
+    yields a function that sets the answer and gives the address."""
+    server = socket.create_server(("127.0.0.1", 0))
+    answer = [b""]
+    connections = []
+
+    def serve():
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            connections.append(connection)
+            if answer[0]:
+                connection.sendall(answer[0])
+
+    threading.Thread(target=serve, daemon=True).start()
+
+    def address(reply: bytes) -> str:
+        answer[0] = reply
+        return f"127.0.0.1:{server.getsockname()[1]}"
+
+    yield address
+    server.close()
+    for connection in connections:
+        connection.close()
+
+
+def test_a_ray_address_that_answers_but_is_no_cluster_is_said_within_the_timeout(
+        loopback_server, tiny_model):
+    http = loopback_server(b"HTTP/1.1 400 Bad Request\r\n\r\n")   # Ray's dashboard port, say
+    with pytest.raises(cnnvis.UserError, match=f"^--ray {http}: something answered within 1 s, "
+                                               "but not a Ray cluster .*; start one there"):
+        pools.probe_cluster(http, 1)
+    started = time.monotonic()
+    silent = loopback_server(b"")
+    with pytest.raises(cnnvis.UserError, match=f"^--ray {silent}: no Ray cluster answered within "
+                                               r"0.5 s \(timed out\)"):
+        pools.probe_cluster(silent, 0.5)
+    assert time.monotonic() - started < 5
+    spec = cnnvis.ModelSpec(deploy_txt=tiny_model[1], caffe_model=tiny_model[3], device="cpu")
+    with pytest.raises(cnnvis.UserError, match="--ray_timeout 0 must be above 0"):
+        cnnvis.run_jobs([cnnvis.Job("a", 0)], spec, ray=http, ray_timeout=0)
+    loopback_server(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+    with pytest.raises(cnnvis.UserError, match=f"^--ray {http}: something answered"):
+        cnnvis.run_jobs([cnnvis.Job("a", 0)], spec, ray=http, ray_timeout=1, target_layer="conv2")
+    # An HTTP/2 server's first frame is SETTINGS, as the head of a Ray cluster sends (only
+    # probed here: ray.init would go on to this machine's own address, not the loopback).
+    pools.probe_cluster(loopback_server(bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])), 1)
+    for address in ("auto", "local"):
+        pools.probe_cluster(address, 1)   # Ray's own (nothing to probe)
