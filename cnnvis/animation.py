@@ -31,6 +31,7 @@ from cnnvis.optimizer import Report
 from cnnvis.pixels import MAX_LEVEL, Picture, levels_to_image, resize_rgb
 from cnnvis.plan import (Plan, build_objective, check_combinations, grey_mask, new_seed,
                          plan_picture, run_plan)
+from cnnvis.plan import check_model
 from cnnvis.settings import (AnimationOptions, DreamOptions, check_seed, default,
                              options_from_keywords)
 
@@ -147,6 +148,7 @@ def animate(image: ImageInput, model: VisModel, *, seed: int | None = None,
     `depth` (8 or 16) is the depth the frames are stored at; `stored(number)` gives the
     pixels of a frame made before (to resume), or None.
     """
+    check_model(model)
     photo = None if image is None else as_photo(image)
     plan = plan_sequence(options, photo_size=None if photo is None else photo.shape[:2],
                          input_size=model.input_size, device=model.device, seed=seed,
@@ -190,6 +192,7 @@ def dream_video(video_frames: Iterable[tuple[int, np.ndarray]], model: VisModel,
     `AnimationOptions` instead of the camera's. Each frame is dreamed at its own size,
     or at `final_size`.
     """
+    check_model(model)
     video_frames = iter(video_frames)
     first = next(video_frames, None)
     if first is None:

@@ -21,8 +21,8 @@ from cnnvis.imageio import ImageInput, as_photo
 from cnnvis.model import VisModel
 from cnnvis.optimizer import Report
 from cnnvis.pixels import Picture
-from cnnvis.plan import (build_objective, check_combinations, grey_mask, new_seed, plan_picture,
-                         run_plan)
+from cnnvis.plan import (build_objective, check_combinations, check_model, grey_mask, new_seed,
+                         plan_picture, run_plan)
 from cnnvis.settings import DreamOptions, check_seed, default
 
 
@@ -71,6 +71,7 @@ def render(image: ImageInput, model: VisModel, *, seed: int | None = None,
     A run stopped by Ctrl-C raises `Interrupted`, and one whose image stops being finite
     `NonFiniteImage`; both carry the last good picture as `.picture`.
     """
+    check_model(model)
     settings = DreamOptions.from_keywords(options)
     seed = check_seed(seed)
     photo = None if image is None else as_photo(image)

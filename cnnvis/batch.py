@@ -141,7 +141,8 @@ def write_jobs(request: Request, images: list[Path] | None) -> Outcome:
             pending, model if not parallel else dataclasses.replace(
                 spec, device="cuda" if device.type == "cuda" else device.type),
             guide=inputs.guide, mask=inputs.mask, depth=command.output_depth,
-            workers=command.workers, ray=command.ray, **dataclasses.asdict(options))
+            workers=command.workers, ray=command.ray, ray_timeout=command.ray_timeout,
+            **dataclasses.asdict(options))
         for result in results:
             k = index[result.job.name]
             if result.error is not None:

@@ -25,7 +25,7 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from cnnvis.errors import UserError
 from cnnvis.files import PathLike, open_input
-from cnnvis.pixels import as_rgb
+from cnnvis.pixels import as_rgb, pil_to_rgb
 
 # What the API takes as an image: a file, a PIL image, a uint8 RGB array, or None (noise).
 ImageInput = str | Path | Image.Image | np.ndarray | None
@@ -54,7 +54,7 @@ def load_rgb(path: PathLike, option: str = "--initial_image") -> np.ndarray:
                     logger.warning(f"cnn-vis: image '{path}' has {image.width}x{image.height} "
                                    "pixels; it takes a lot of memory and time.")
                 image.load()
-                return _to_rgb_array(ImageOps.exif_transpose(image))
+                return pil_to_rgb(ImageOps.exif_transpose(image))
         except UnidentifiedImageError:
             raise UserError(f"cannot read image '{path}': not an image file Pillow can decode; "
                             f"give a PNG or JPEG image (or convert the file to one)") from None
@@ -69,20 +69,14 @@ def load_rgb(path: PathLike, option: str = "--initial_image") -> np.ndarray:
 
 
 def as_photo(image: PathLike | Image.Image | np.ndarray, option: str = "--initial_image") -> np.ndarray:
-    """uint8 RGB (H, W, 3) of an image file (read as `load_rgb` does), a PIL image or such
-    an array."""
-    if isinstance(image, (str, os.PathLike)):
-        return load_rgb(image, option)
-    return as_rgb(image)
-
-
-def _to_rgb_array(image: Image.Image) -> np.ndarray:
-    """uint8 (H, W, 3) RGB pixels of a decoded Pillow image of any mode."""
-    if image.mode.startswith("I;16"):
-        # Pillow's convert("RGB") clips 16-bit grey to 0..255 (a white image); scale instead.
-        grey = np.rint(np.asarray(image, dtype=np.float64) / 257.0).astype(np.uint8)  # (H, W)
-        return np.repeat(grey[:, :, np.newaxis], 3, axis=2)
-    return np.array(image.convert("RGB"))
+    """uint8 RGB (H, W, 3) of an image file (read as `load_rgb` does), a PIL image (its mode
+    converted as a file's is) or such an array. An image without pixels is a UserError; an
+    array of another type or shape a ValueError (`cnnvis.pixels.check_rgb`)."""
+    rgb = load_rgb(image, option) if isinstance(image, (str, os.PathLike)) else as_rgb(image)
+    if rgb.size == 0:
+        raise UserError(f"{option}: the image has no pixels (height {rgb.shape[0]}, width {rgb.shape[1]}); "
+                        "give an image of at least 1x1 pixels.")
+    return rgb
 
 
 def load_mean_colour(npy_path: PathLike) -> tuple[float, float, float]:

@@ -16,17 +16,12 @@ writes them (so the workers need no shared file system).
   again, up to RETRIES times.
 
 Photos are read on the caller's side, a few jobs ahead, so that memory does not grow
-with the number of jobs; an unreadable one fails its job, and the others go on.
+with the number of jobs; an unreadable one fails its job, and the others go on. The
+workers and Ray tasks themselves are `cnnvis.pools`'.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import functools
-import multiprocessing
-import os
-import signal
-from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,20 +30,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnvis.engine import keep_freed_memory
 from cnnvis.errors import UserError
 from cnnvis.imageio import ImageInput, as_photo
 from cnnvis.model import VisModel
 from cnnvis.objectives import Objective
 from cnnvis.pixels import MAX_LEVEL
-from cnnvis.plan import (build_objective, check_combinations, grey_mask, new_seed, parse_list,
-                         plan_picture, resolve_target, run_plan)
-from cnnvis.settings import DreamOptions, check_seed, default
+from cnnvis.plan import (build_objective, check_combinations, check_model, grey_mask, new_seed,
+                         parse_list, plan_picture, resolve_target, run_plan)
+from cnnvis.pools import (RETRIES, WORKER_DIED, LocalWorkers, RayTasks,  # noqa: F401 - import_ray:
+                          import_ray)                                    # cnnvis.batch's
+from cnnvis.settings import CommandOptions, DreamOptions, check_seed, default
 from cnnvis.tiling import checkerboard_groups
 from cnnvis.zoo import ModelSpec
-
-RETRIES = 3   # further tries of a job whose worker died (Ray's default for tasks too)
-WORKER_DIED = "the worker process running it died (out of memory, or killed)"
 
 
 @dataclass(frozen=True)
@@ -61,6 +54,19 @@ class Job:
     seed: int
     image: ImageInput = None
     options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        """Each field checked now, with the command line's messages (not where it is used)."""
+        if not isinstance(self.name, str):
+            raise TypeError(f"a Job's name is a str (how it is reported, e.g. 'neuron 5'), "
+                            f"not {type(self.name).__name__}")
+        if self.seed is None:
+            raise TypeError("a Job's seed is an int from 0 to 2^63 - 1, not None")
+        check_seed(self.seed)
+        if not isinstance(self.options, Mapping):
+            raise TypeError("a Job's options are a mapping of option names to values (e.g. "
+                            f"{{'target_neuron': 5}}), not {type(self.options).__name__}")
+        DreamOptions.from_keywords(dict(self.options))   # their names and values
 
 
 @dataclass(frozen=True, eq=False)   # pixels do not compare as values; results are handles
@@ -88,14 +94,17 @@ class _Plan:
 
 def run_jobs(jobs: Iterable[Job], model: VisModel | ModelSpec, *, guide: ImageInput = None,
              mask: ImageInput = None, depth: int = default("output_depth"),
-             workers: int | None = None,
-             ray: str | None = None, **options) -> Iterator[JobResult]:
+             workers: int | None = None, ray: str | None = None,
+             ray_timeout: float = default("ray_timeout"), **options) -> Iterator[JobResult]:
     """Run `jobs`, yielding each one's result as soon as it finishes (so not in order).
 
     `options` are the `cnnvis.DreamOptions` of every job (a job's own options replace
     them); `guide` and `mask` are `cnnvis.dream`'s. `model`: a loaded model runs the jobs
-    here; local workers (`workers` > 1) and Ray (`ray`) need a `ModelSpec`.
+    here; local workers (`workers` > 1) and Ray (`ray`) need a `ModelSpec`. The cluster
+    at `ray`'s address has `ray_timeout` seconds to answer.
     """
+    check_model(model, specs=True)
+    CommandOptions(workers=workers, ray=ray, ray_timeout=ray_timeout)   # their values
     if depth not in MAX_LEVEL:
         raise ValueError(f"depth must be 8 or 16, not {depth}")
     jobs = list(jobs)
@@ -112,9 +121,11 @@ def run_jobs(jobs: Iterable[Job], model: VisModel | ModelSpec, *, guide: ImageIn
         raise TypeError("workers and Ray load the model themselves: give a cnnvis.ModelSpec, "
                         "not a loaded model")
     elif ray is not None:
-        pool = _RayTasks(model, plan, ray, workers)
-    else:
-        pool = _LocalWorkers(model, plan, workers)
+        model.check(device=False)   # here, not as every task's error (the cluster's devices)
+        pool = RayTasks(model, plan, ray, workers, _render, ray_timeout)
+    else:   # no more workers than jobs: each would load the model for nothing
+        model.check()   # here, not as every worker's death
+        pool = LocalWorkers(model, plan, max(1, min(workers, len(jobs))), _render)
     return _results(jobs, pool)
 
 
@@ -125,6 +136,7 @@ def atlas(image: ImageInput, model: VisModel | ModelSpec, *, neurons: Sequence[i
     "0-15,40", or "all". Neuron k of the list gets the seed `seed + k`. Other keywords
     are `run_jobs`'.
     """
+    check_model(model, specs=True)
     seed = check_seed(seed)
     seed = new_seed() if seed is None else seed
     names = {f.name for f in dataclasses.fields(DreamOptions)}
@@ -238,155 +250,3 @@ class _Here:
 
     def close(self) -> None:
         pass
-
-
-class _LocalWorkers:
-    """Jobs run in `workers` processes of this machine (spawned, not forked: PyTorch's
-    threads do not survive a fork), each with its share of the CPU threads, or its own GPU
-    where there are several. A pool whose process died is replaced."""
-
-    def __init__(self, spec: ModelSpec, plan: _Plan, workers: int):
-        self.spec, self.plan, self.slots, self.retries = spec, plan, workers, RETRIES
-        self.threads = max(1, torch.get_num_threads() // workers)
-        gpus = torch.cuda.device_count() if spec.device in (None, "cuda") else 0
-        self.devices = ([f"cuda:{k % gpus}" for k in range(workers)] if gpus > 1
-                        else [spec.device] * workers)
-        self.generation = 0
-        self.born: dict[concurrent.futures.Future, int] = {}   # future -> its pool's generation
-        self._start()
-
-    def _start(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        devices = context.Queue()
-        for device in self.devices:
-            devices.put(device)
-        self.executor = concurrent.futures.ProcessPoolExecutor(
-            self.slots, mp_context=context, initializer=_start_worker,
-            initargs=(self.spec, self.plan, self.threads, devices))
-
-    def submit(self, job: Job, photo: np.ndarray | None) -> concurrent.futures.Future:
-        try:
-            future = self.executor.submit(_run_in_worker, job, photo)
-        except BrokenProcessPool:   # a worker died since the last wait: the pool takes no more
-            self._restart()
-            future = self.executor.submit(_run_in_worker, job, photo)
-        self.born[future] = self.generation
-        return future
-
-    def wait(self, handles: list[concurrent.futures.Future]) -> list[tuple[Any, Any]]:
-        done, _ = concurrent.futures.wait(handles, return_when=concurrent.futures.FIRST_COMPLETED)
-        outcomes, broken = [], False
-        for future in done:
-            try:
-                outcomes.append((future, future.result()))
-            except BrokenProcessPool:
-                outcomes.append((future, WORKER_DIED))
-                broken |= self.born[future] == self.generation
-            del self.born[future]
-        if broken:   # every job of the broken pool fails with it: a new pool runs them again
-            self._restart()
-        return outcomes
-
-    def _restart(self) -> None:
-        """A new pool; the futures of the old one fail as WORKER_DIED without restarting it."""
-        self._end(wait=False)
-        self.generation += 1
-        self._start()
-
-    def close(self) -> None:
-        self._end(wait=not self.born)
-
-    def _end(self, wait: bool) -> None:
-        """Shut the pool down; unless `wait`, its processes are ended now (a run stopped
-        by Ctrl-C does not wait for the jobs in flight, whose results would be lost)."""
-        if not wait:
-            # ProcessPoolExecutor has no public way to end its processes (before 3.14).
-            for process in list((self.executor._processes or {}).values()):
-                process.terminate()
-        self.executor.shutdown(wait=wait, cancel_futures=True)
-
-
-_worker: tuple[VisModel, _Plan] | None = None   # a local worker's model and plan
-
-
-def _start_worker(spec: ModelSpec, plan: _Plan, threads: int, devices) -> None:
-    global _worker
-    # Ctrl-C reaches the whole process group; the caller keeps what is finished and ends us.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(threads)
-    _worker = (_load_in_worker(spec, devices.get()), plan)
-
-
-def _run_in_worker(job: Job, photo: np.ndarray | None) -> JobResult:
-    return _render(*_worker, job, photo)
-
-
-class _RayTasks:
-    """Jobs run as Ray tasks, each asking for one CPU, or one GPU where the cluster has
-    GPUs (and the model is not asked for on the CPU); each worker loads the model once."""
-
-    retries = 0   # Ray runs again the task of a worker that died
-
-    def __init__(self, spec: ModelSpec, plan: _Plan, address: str, workers: int | None):
-        ray = self.ray = import_ray()
-        try:
-            if address == "local":
-                ray.init(address="local", num_cpus=workers or os.cpu_count(),
-                         include_dashboard=False, logging_level="warning")
-            else:
-                ray.init(address=address, logging_level="warning")
-        except (ConnectionError, RuntimeError, ValueError) as error:
-            raise UserError(f"--ray {address}: cannot connect to a Ray cluster ({error}); start "
-                            "one with 'ray start --head', give its address (HOST:6379), or use "
-                            "--ray local to start one on this machine.") from None
-        resources = ray.cluster_resources()
-        gpus = int(resources.get("GPU", 0)) if spec.device != "cpu" else 0
-        self.slots = workers or max(1, gpus or int(resources.get("CPU", 1)))
-        self.task = ray.remote(_ray_job).options(
-            max_retries=RETRIES, **({"num_gpus": 1} if gpus else {"num_cpus": 1}))
-        self.shared = ray.put((dataclasses.replace(spec, device="cuda" if gpus else "cpu"), plan))
-        self.died = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError)
-
-    def submit(self, job: Job, photo: np.ndarray | None):
-        return self.task.remote(self.shared, job, photo)
-
-    def wait(self, handles: list) -> list[tuple[Any, Any]]:
-        done, _ = self.ray.wait(handles, num_returns=1)
-        outcomes = []
-        for reference in done:
-            try:
-                outcomes.append((reference, self.ray.get(reference)))
-            except self.died:
-                outcomes.append((reference, WORKER_DIED))
-        return outcomes
-
-    def close(self) -> None:
-        self.ray.shutdown()   # the driver leaves: tasks still in flight end with it
-
-
-def import_ray():
-    """The ray module, imported now (it takes seconds): an optional dependency."""
-    try:
-        import ray
-    except ImportError:
-        raise UserError("--ray needs Ray, which is not installed here; install it with "
-                        "pip install 'cnn-vis[ray]' (or pip install ray).") from None
-    return ray
-
-
-def _load_in_worker(spec: ModelSpec, device: str | None = None) -> VisModel:
-    """A worker process's model, with the malloc setting of the process that started it."""
-    model = spec.load(device)
-    if spec.keep_freed_memory and model.device.type == "cpu":
-        keep_freed_memory()
-    return model
-
-
-@functools.lru_cache(maxsize=1)
-def _worker_model(spec: ModelSpec) -> VisModel:
-    return _load_in_worker(spec)
-
-
-def _ray_job(shared: tuple[ModelSpec, _Plan], job: Job, photo: np.ndarray | None) -> JobResult:
-    spec, plan = shared
-    return _render(_worker_model(spec), plan, job, photo)

@@ -76,6 +76,8 @@ def image_to_rgb(img: torch.Tensor, mean_bgr: tuple[float, float, float],
     """
     if img.ndim != 4 or tuple(img.shape[:2]) != (1, 3):
         raise ValueError(f"expected an image of shape (1, 3, H, W), got {tuple(img.shape)}")
+    if depth not in MAX_LEVEL:
+        raise ValueError(f"depth must be 8 or 16 (bits per channel), not {depth!r}")
     image = img[0].detach().cpu()                                        # (3, H, W)
     mean = np.asarray(mean_bgr, dtype=np.float64).reshape(3, 1, 1)
     stretch = None
@@ -105,18 +107,45 @@ def image_to_rgb(img: torch.Tensor, mean_bgr: tuple[float, float, float],
 
 
 def as_rgb(image: Image.Image | np.ndarray) -> np.ndarray:
-    """uint8 RGB (H, W, 3) of a PIL image (any mode) or of such an array (returned as it is)."""
+    """uint8 RGB (H, W, 3) of a PIL image (any mode, converted as `pil_to_rgb` does) or of
+    such an array (returned as it is)."""
     if isinstance(image, Image.Image):
-        return np.array(image.convert("RGB"))
+        return pil_to_rgb(image)
     if isinstance(image, np.ndarray):
         check_rgb(image)
         return image
     raise TypeError(f"expected a PIL image or a uint8 array (H, W, 3), not {type(image).__name__}")
 
 
+def pil_to_rgb(image: Image.Image) -> np.ndarray:
+    """uint8 (H, W, 3) RGB pixels of a Pillow image of any mode: alpha dropped, grey and
+    palette images made 3 channels, 16-bit grey (modes I;16*, and I, as which Pillow opens
+    16-bit PGMs) scaled to 8 bits, not clipped."""
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        # Pillow's convert("RGB") clips 16-bit grey to 0..255 (a white image); scale instead.
+        levels = np.clip(np.asarray(image, dtype=np.float64), 0.0, 65535.0)   # (H, W)
+        grey = np.rint(levels / 257.0).astype(np.uint8)
+        return np.repeat(grey[:, :, np.newaxis], 3, axis=2)
+    return np.array(image.convert("RGB"))
+
+
 def check_rgb(rgb: np.ndarray) -> None:
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"expected uint8 RGB of shape (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    """A ValueError, saying what to change, unless `rgb` is a uint8 array (H, W, 3)."""
+    if rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3:
+        return
+    problem = ""
+    if rgb.dtype.kind in "fc" and not np.isfinite(rgb).all():
+        problem = " that holds NaN or infinity, which no pixel can be"
+    if rgb.ndim == 2:
+        hint = "; for a grey image, make it RGB with np.stack([a] * 3, axis=-1)"
+    elif rgb.ndim == 3 and rgb.shape[2] == 4:
+        hint = "; drop its alpha channel with a[:, :, :3]"
+    elif rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.dtype.kind in "iuf" and not problem:
+        hint = "; convert levels 0..255 with np.clip(a, 0, 255).astype(np.uint8)"
+    else:
+        hint = ""
+    raise ValueError(f"expected uint8 RGB of shape (H, W, 3), got {rgb.dtype} {rgb.shape}"
+                     f"{problem}{hint}")
 
 
 @dataclass(frozen=True)
@@ -133,7 +162,7 @@ class Picture:
     seed: int | None = None                   # the seed that made it, when known
 
     def rgb(self, depth: int = 8) -> np.ndarray:
-        """RGB (H, W, 3), uint8 (depth 8) or uint16 (depth 16)."""
+        """RGB (H, W, 3), uint8 (depth 8) or uint16 (depth 16); another depth is a ValueError."""
         return image_to_rgb(self.image, self.mean_bgr, self.rescale, depth)
 
     def pil(self) -> Image.Image:

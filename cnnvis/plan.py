@@ -29,6 +29,7 @@ from cnnvis.optimizer import Dream, Report
 from cnnvis.pixels import Picture, resize_rgb, rgb_to_image, with_colours_of
 from cnnvis.settings import DreamOptions
 from cnnvis.sizes import check_min_size, parse_size, size_sequence
+from cnnvis.zoo import ModelSpec
 
 logger = logging.getLogger("cnnvis")
 
@@ -98,6 +99,19 @@ def run_plan(plan: Plan, model: VisModel, objective: Objective, *,
         raise Interrupted(picture(run.image)) from stop
 
 
+def check_model(model, specs: bool = False) -> None:
+    """A TypeError, saying what to pass, unless `model` is a loaded `cnnvis.VisModel` (or,
+    with `specs`, a `cnnvis.ModelSpec`, which workers and Ray load themselves)."""
+    if isinstance(model, (VisModel, ModelSpec) if specs else VisModel):
+        return
+    wanted = "a cnnvis.VisModel or a cnnvis.ModelSpec" if specs else "a cnnvis.VisModel"
+    name = model if isinstance(model, str) else "efficientnet_lite0"
+    given = f"the str {model!r}" if isinstance(model, str) else type(model).__name__
+    raise TypeError(f"model must be {wanted}, not {given}: pass the result of "
+                    f"cnnvis.load_model({name!r})" +
+                    (f", or cnnvis.ModelSpec({name!r}) for workers and Ray" if specs else ""))
+
+
 def new_seed() -> int:
     """A fresh seed, for runs not given one (it is recorded, so the run can be repeated)."""
     return secrets.randbelow(2 ** 31)
@@ -108,6 +122,9 @@ def grey_mask(mask: str | Path | Image.Image | np.ndarray) -> np.ndarray:
     if isinstance(mask, np.ndarray) and mask.ndim == 2:
         if mask.dtype != np.uint8:
             raise ValueError(f"expected a uint8 mask, got {mask.dtype}")
+        if mask.size == 0:
+            raise UserError(f"--mask: the image has no pixels (height {mask.shape[0]}, width "
+                            f"{mask.shape[1]}); give an image of at least 1x1 pixels.")
         return mask
     rgb = as_photo(mask, "--mask")
     return np.array(Image.fromarray(rgb).convert("L"))

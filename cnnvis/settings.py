@@ -348,6 +348,10 @@ class CommandOptions:
     ray: str | None = option(None, str, "run the jobs as tasks of a Ray cluster: its address, "
                              "auto for the running one, or local to start one here (needs "
                              "pip install cnn-vis[ray])", GROUPS[12], metavar="ADDRESS", recorded=False, replayed=False, applies="jobs")
+    ray_timeout: float = option(30.0, float, "seconds to wait for the Ray cluster at --ray's "
+                                "address to answer before saying so", GROUPS[12], minimum=0,
+                                above=True, metavar="SECONDS", recorded=False, replayed=False,
+                                applies="jobs")
 
     def __post_init__(self):
         _check_fields(self)

@@ -22,6 +22,7 @@ from cnnvis.download import cache_dir, fetch, unpack_tar
 from cnnvis.efficientnet import (EFFICIENTNET_LITE0_DEFAULT_LAYER, EfficientNetLite0,
                                  googlenet_counterpart, load_efficientnet_lite0)
 from cnnvis.errors import UserError
+from cnnvis.files import open_input
 from cnnvis.googlenet import googlenet_deploy
 from cnnvis.engine import TorchEngine, check_precision
 from cnnvis.model import InputConvention, VisModel
@@ -184,27 +185,14 @@ def load_model(name: str = DEFAULT_MODEL, deploy_txt: str | None = None,
     `backend` is the engine: "torch" (PyTorch) or "caffe" (real Caffe, Caffe models only).
     `precision` is the PyTorch engine's number type (`cnnvis.engine.check_precision`).
     """
-    model = preset(name)
+    model = check_choices(name, deploy_txt, caffe_model, backend, precision, device)
     own_network = deploy_txt is not None   # the preset's blob names may not apply to it
-    if backend not in BACKENDS:
-        raise UserError(f"unknown backend '{backend}'; --backend takes one of: {', '.join(BACKENDS)}.")
-    if backend == "caffe" and precision != "fp32":
-        raise UserError(f"--precision {precision}: --backend caffe computes in fp32 only; use "
-                        "--precision fp32 with it, or --backend torch.")
-    check_precision(precision, device)
     if model.pytorch_network is not None and deploy_txt is None and caffe_model is None:
-        if backend == "caffe":
-            raise UserError(f"--backend caffe runs Caffe models only, and {model.name} is a "
-                            "PyTorch network; use --backend torch with it, or a Caffe model "
-                            f"(--model {DEFAULT_MODEL}, or --deploy_txt with --caffe_model).")
         engine = TorchEngine(model.pytorch_network(True), device, precision)
     else:
         old_files = _caffe_root_files(model)
         deploy_txt = deploy_txt or (old_files[0] if old_files else None)
-        if caffe_model is None:
-            if model.weights is None:
-                raise UserError(f"--deploy_txt {deploy_txt} needs its weights too: "
-                                "pass the .caffemodel with --caffe_model.")
+        if caffe_model is None:   # the preset's (check_choices: it has some)
             caffe_model = old_files[1] if old_files else download(model)
         if backend == "caffe":
             engine = load_caffe_engine(deploy_txt or googlenet_deploy(model.num_classes),
@@ -217,6 +205,29 @@ def load_model(name: str = DEFAULT_MODEL, deploy_txt: str | None = None,
                     convention=model.convention, labels=labels(model), device=device,
                     default_layer=model.default_layer,
                     googlenet_counterpart=None if own_network else model.googlenet_counterpart)
+
+
+def check_choices(name: str, deploy_txt: str | None, caffe_model: str | None, backend: str,
+                  precision: str, device: torch.device | None) -> ModelPreset:
+    """The preset of `load_model`'s arguments, once they are checked together (before any
+    file is read); `device` None: not known here (a Ray cluster's), so not checked."""
+    model = preset(name)
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend '{backend}'; --backend takes one of: {', '.join(BACKENDS)}.")
+    if backend == "caffe" and precision != "fp32":
+        raise UserError(f"--precision {precision}: --backend caffe computes in fp32 only; use "
+                        "--precision fp32 with it, or --backend torch.")
+    # On CUDA every precision runs: where the device is not known, only the name is checked.
+    check_precision(precision, torch.device("cuda") if device is None else device)
+    if model.pytorch_network is not None and deploy_txt is None and caffe_model is None:
+        if backend == "caffe":
+            raise UserError(f"--backend caffe runs Caffe models only, and {model.name} is a "
+                            "PyTorch network; use --backend torch with it, or a Caffe model "
+                            f"(--model {DEFAULT_MODEL}, or --deploy_txt with --caffe_model).")
+    elif caffe_model is None and model.weights is None:
+        raise UserError(f"--deploy_txt {deploy_txt} needs its weights too: "
+                        "pass the .caffemodel with --caffe_model.")
+    return model
 
 
 @dataclass(frozen=True)
@@ -240,7 +251,19 @@ class ModelSpec:
         device = device or self.device
         return load_model(self.name, _text(self.deploy_txt), _text(self.caffe_model),
                           self.mean_bgr, default_device() if device is None
-                          else torch.device(device), self.backend, self.precision)
+                          else torch_device(device), self.backend, self.precision)
+
+    def check(self, device: bool = True) -> None:
+        """What `load` would refuse, found without loading any weights: the preset, the
+        backend and precision, the files (the network definition is read, the weights file
+        opened) and, with `device` (not for a Ray cluster's workers), the device."""
+        check_choices(self.name, self.deploy_txt, self.caffe_model, self.backend,
+                      self.precision, (default_device() if self.device is None
+                                       else torch_device(self.device)) if device else None)
+        self.input_size()
+        if self.caffe_model is not None:
+            with open_input(self.caffe_model, "weights file (caffemodel)", "--caffe_model"):
+                pass
 
     def input_size(self) -> tuple[int, int]:
         """The network's input (height, width), from its files alone (no weights)."""
@@ -266,6 +289,33 @@ def default_device() -> torch.device:
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def torch_device(device: str | torch.device | int) -> torch.device:
+    """`device` ('cpu', 'cuda', 'cuda:1', 'mps', a torch.device) as a torch.device that this
+    machine has; a UserError naming the devices it has otherwise."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UserError(f"device {str(device)!r} is not a device name PyTorch knows; use "
+                        f"{_devices_here()}.") from None
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if parsed.type == "cuda" and (gpus == 0 or (parsed.index or 0) >= gpus):
+        found = (f"this machine has {gpus} CUDA device(s)" if gpus else
+                 "this machine has no CUDA GPU" if torch.backends.cuda.is_built() else
+                 "this PyTorch is built without CUDA")
+        raise UserError(f"device '{parsed}': {found}; use {_devices_here()}.")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device 'mps': this machine has no Apple GPU (MPS); use {_devices_here()}.")
+    return parsed
+
+
+def _devices_here() -> str:
+    """The devices of this machine, as a choice: "'cpu'", or "one of 'cpu', 'cuda:0'"."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    names = ["'cpu'"] + [f"'cuda:{k}'" for k in range(gpus)]
+    names += ["'mps'"] * torch.backends.mps.is_available()
+    return names[0] if len(names) == 1 else "one of " + ", ".join(names)
 
 
 def select_device(gpu: int) -> torch.device:

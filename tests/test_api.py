@@ -201,3 +201,82 @@ def test_readme_python_api_examples(tmp_path, monkeypatch):
     result = doctest.testfile(str(ROOT / "README.md"), module_relative=False,
                               optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 5 and result.failed == 0
+
+
+# ------------------------------------------------------------- the API's doors (Nothing lost 3)
+
+@pytest.mark.parametrize("array, error, message", [
+    (np.zeros((0, 0, 3), np.uint8), cnnvis.UserError,
+     r"--initial_image: the image has no pixels \(height 0, width 0\); give an image of at least 1x1"),
+    (np.zeros((0, 5, 3), np.uint8), cnnvis.UserError, "height 0, width 5"),
+    (np.zeros((20, 20, 3), np.float32), ValueError,
+     r"got float32 \(20, 20, 3\); convert levels 0..255 with np.clip"),
+    (np.full((20, 20, 3), np.nan), ValueError, "holds NaN or infinity"),
+    (np.zeros((20, 20), np.uint8), ValueError, "for a grey image, make it RGB"),
+    (np.zeros((20, 20, 4), np.uint8), ValueError, "drop its alpha channel"),
+    ([[[0, 0, 0]]], TypeError, "expected a PIL image or a uint8 array"),
+])
+def test_bad_image_arrays_are_refused_at_the_door(tiny, array, error, message):
+    for call in (lambda: cnnvis.dream(array, tiny, target_layer="conv2", num_steps=1),
+                 lambda: cnnvis.animate(array, tiny, target_layer="conv2", frames=2),
+                 lambda: tiny.classify(array),
+                 lambda: cnnvis.dream(None, tiny, target_layer="conv2", guide=array)):
+        with pytest.raises(error, match=message.replace("--initial_image", "--[a-z_]+")):
+            call()
+
+
+def test_empty_pictures_and_masks_are_user_errors(tiny):
+    with pytest.raises(cnnvis.UserError, match="--initial_image: the image has no pixels"):
+        cnnvis.dream(Image.new("RGB", (0, 0)), tiny, target_layer="conv2")
+    with pytest.raises(cnnvis.UserError, match="--classify: the image has no pixels"):
+        tiny.classify(np.zeros((0, 0, 3), np.uint8))
+    for mask in (np.zeros((0, 4), np.uint8), np.zeros((4, 0, 3), np.uint8)):
+        with pytest.raises(cnnvis.UserError, match="--mask: the image has no pixels"):
+            cnnvis.dream(None, tiny, target_layer="conv2", mask=mask)
+
+
+def test_a_picture_has_depths_8_and_16_only():
+    picture = cnnvis.Picture(torch.zeros((1, 3, 2, 2)), (0.0, 0.0, 0.0))
+    for depth in (12, 0, 32):
+        with pytest.raises(ValueError, match=f"depth must be 8 or 16 \\(bits per channel\\), not {depth}"):
+            picture.rgb(depth)
+
+
+@pytest.mark.parametrize("kind", ["png", "pgm"])
+def test_sixteen_bit_grey_starts_the_same_from_a_pil_image_as_from_its_file(tmp_path, tiny, kind):
+    """Pillow opens a 16-bit grey PNG as mode I;16 and a 16-bit PGM as mode I: either, given as
+    a PIL image, is scaled to 8 bits as the file is (not clipped to white)."""
+    levels = (np.arange(20 * 30).reshape(20, 30) * 109 % 65536).astype(np.uint16)
+    path = tmp_path / f"grey16.{kind}"
+    if kind == "png":
+        Image.fromarray(levels).save(path)
+    else:
+        path.write_bytes(b"P5\n30 20\n65535\n" + levels.astype(">u2").tobytes())
+    with Image.open(path) as image:
+        assert image.mode == {"png": "I;16", "pgm": "I"}[kind]
+        from_pil = cnnvis.dream(image, tiny, seed=1, target_layer="conv2", num_steps=1)
+        start = cnnvis.dream(image, tiny, seed=1, target_layer="conv2", num_steps=1, learning_rate=0)
+    from_file = cnnvis.dream(path, tiny, seed=1, target_layer="conv2", num_steps=1)
+    np.testing.assert_array_equal(np.asarray(from_pil), np.asarray(from_file))
+    expected = np.rint(levels / 257.0).astype(np.uint8)
+    np.testing.assert_array_equal(np.asarray(start), np.repeat(expected[:, :, None], 3, axis=2))
+
+
+@pytest.mark.parametrize("model, given", [(None, "NoneType"), ("efficientnet_lite0", "the str 'efficientnet_lite0'"),
+                                          (3, "int")])
+def test_a_model_that_is_not_loaded_is_a_type_error_saying_what_to_pass(model, given):
+    name = model if isinstance(model, str) else "efficientnet_lite0"
+    loaded = f"model must be a cnnvis.VisModel, not {given}: pass the result of cnnvis.load_model('{name}')"
+    for call in (lambda: cnnvis.dream(None, model), lambda: cnnvis.render(None, model),
+                 lambda: cnnvis.animate(None, model, frames=2),
+                 lambda: cnnvis.dream_video([(1, np.zeros((16, 16, 3), np.uint8))], model)):
+        with pytest.raises(TypeError) as error:
+            call()
+        assert str(error.value) == loaded
+    either = (f"model must be a cnnvis.VisModel or a cnnvis.ModelSpec, not {given}: pass the result "
+              f"of cnnvis.load_model('{name}'), or cnnvis.ModelSpec('{name}') for workers and Ray")
+    for call in (lambda: cnnvis.run_jobs([cnnvis.Job("a", 0)], model),
+                 lambda: cnnvis.atlas(None, model, neurons="all", seed=0)):
+        with pytest.raises(TypeError) as error:
+            call()
+        assert str(error.value) == either

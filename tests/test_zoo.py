@@ -3,6 +3,7 @@ import dataclasses
 import hashlib
 import http.server
 import io
+import re
 import tarfile
 import threading
 
@@ -10,6 +11,7 @@ import pytest
 from PIL import Image
 from skimage import data as samples
 
+import cnnvis
 from cnnvis import zoo
 from cnnvis.caffe import CaffeNet
 from cnnvis.cli import main
@@ -172,3 +174,49 @@ def test_mean_colour_of_every_preset_is_bgr_pixels():
     for preset in zoo.PRESETS.values():
         assert all(90 < m < 130 for m in preset.mean_bgr)
         assert preset.mean_bgr[0] < preset.mean_bgr[2]   # blue mean below red mean: BGR order
+
+
+@pytest.mark.parametrize("device, gpus, message", [
+    ("tpu", 0, "device 'tpu' is not a device name PyTorch knows; use 'cpu'."),
+    ("cuda:x", 2, "device 'cuda:x' is not a device name PyTorch knows; use one of 'cpu', 'cuda:0', 'cuda:1'."),
+    ("cuda:3", 2, "device 'cuda:3': this machine has 2 CUDA device(s); use one of 'cpu', 'cuda:0', 'cuda:1'."),
+    ("cuda:3", 0, "device 'cuda:3': this "),
+    ("cuda", 0, "device 'cuda': this "),
+])
+def test_a_device_this_machine_lacks_is_a_user_error_naming_those_it_has(
+        monkeypatch, model_files, device, gpus, message):
+    monkeypatch.setattr(zoo.torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(zoo.torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(zoo.torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(UserError) as error:
+        zoo.torch_device(device)
+    assert str(error.value).startswith(message)
+    if gpus == 0 and device.startswith("cuda:"):
+        assert str(error.value).endswith("; use 'cpu'.")
+    deploy, weights = model_files
+    for call in (lambda: cnnvis.load_model(deploy_txt=deploy, caffe_model=weights, device=device),
+                 lambda: cnnvis.ModelSpec(deploy_txt=deploy, caffe_model=weights, device=device).check()):
+        with pytest.raises(UserError, match=f"^{re.escape(message)}"):
+            call()
+    assert zoo.torch_device("cpu") == zoo.torch.device("cpu")
+    if gpus:
+        assert zoo.torch_device("cuda:1") == zoo.torch.device("cuda", 1)
+
+
+def test_a_model_spec_is_checked_without_loading(model_files, tmp_path):
+    deploy, weights = model_files
+    cnnvis.ModelSpec(deploy_txt=deploy, caffe_model=weights, device="cpu").check()
+    cases = [
+        (cnnvis.ModelSpec("no_such_model"), "unknown model 'no_such_model'; --model takes one of"),
+        (cnnvis.ModelSpec(deploy_txt=tmp_path / "none.prototxt", caffe_model=weights),
+         "cannot read network definition (prototxt) '"),
+        (cnnvis.ModelSpec(deploy_txt=deploy, caffe_model=tmp_path / "none.caffemodel"),
+         "cannot read weights file (caffemodel) '"),
+        (cnnvis.ModelSpec(deploy_txt=deploy, caffe_model=weights, backend="tf"), "unknown backend 'tf'"),
+        (cnnvis.ModelSpec("efficientnet_lite0", deploy_txt=deploy), f"--deploy_txt {deploy} needs its weights"),
+        (cnnvis.ModelSpec(deploy_txt=deploy, caffe_model=weights, precision="fp16", device="cpu"),
+         "--precision fp16: fp16 runs on CUDA GPUs only"),
+    ]
+    for spec, message in cases:
+        with pytest.raises(UserError, match=f"^{re.escape(message)}"):
+            spec.check()
