@@ -21,6 +21,7 @@ from cnnvis.imageio import check_writable_output, differing_settings, make_folde
 from cnnvis.jobfiles import recorded, save_contact_sheet, save_job_png, save_sidecar
 from cnnvis.ownership import check_own_folder, check_own_sidecar
 from cnnvis.plan import check_combinations, new_seed, plan_picture, resolve_target
+from cnnvis.pools import import_ray
 from cnnvis.recording import option_argv, pixel_settings, recorded_text
 from cnnvis.report import parse_actions, progress_bar
 from cnnvis.request import Outcome, Request, read_inputs
@@ -58,7 +59,7 @@ def write_jobs(request: Request, images: list[Path] | None) -> Outcome:
                         f"--initial_image {command.initial_image} gives {len(images)} images; give "
                         "one image, or one neuron.")
     if command.ray is not None:
-        jobs.import_ray()   # before any work: says how to install it
+        import_ray()   # before any work: says how to install it
     output = request.output
     device = select_device(command.gpu)
     if images is None:

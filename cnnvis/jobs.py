@@ -37,8 +37,7 @@ from cnnvis.objectives import Objective
 from cnnvis.pixels import MAX_LEVEL
 from cnnvis.plan import (build_objective, check_combinations, check_model, grey_mask, new_seed,
                          parse_list, plan_picture, resolve_target, run_plan)
-from cnnvis.pools import (RETRIES, WORKER_DIED, LocalWorkers, RayTasks,  # noqa: F401 - import_ray:
-                          import_ray)                                    # cnnvis.batch's
+from cnnvis.pools import RETRIES, WORKER_DIED, LocalWorkers, RayTasks
 from cnnvis.settings import CommandOptions, DreamOptions, check_seed, default
 from cnnvis.tiling import checkerboard_groups
 from cnnvis.zoo import ModelSpec
