@@ -28,7 +28,7 @@ from cnnvis.imageio import ImageInput, as_photo
 from cnnvis.model import VisModel
 from cnnvis.motion import camera_move, carry_along_flow, flow_estimator, grey
 from cnnvis.optimizer import Report
-from cnnvis.pixels import MAX_LEVEL, Picture, levels_to_image, resize_rgb
+from cnnvis.pixels import MAX_LEVEL, Picture, levels_to_image, png_bytes, resize_rgb
 from cnnvis.plan import (Plan, build_objective, check_combinations, grey_mask, new_seed,
                          plan_picture, run_plan)
 from cnnvis.plan import check_model
@@ -47,6 +47,10 @@ class Frame:
     number: int
     rgb: np.ndarray              # (H, W, 3), uint8 or uint16 (depth 16)
     picture: Picture | None
+
+    def _repr_png_(self) -> bytes:
+        """The frame itself where a notebook shows the result of a cell."""
+        return png_bytes(self.rgb)
 
 
 def parse_pan(text: str) -> tuple[float, float]:

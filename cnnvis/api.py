@@ -46,7 +46,7 @@ def load_model(name: str = default("model"), *, deploy_txt: str | Path | None = 
 
 def dream(image: ImageInput, model: VisModel, *, seed: int | None = None,
           callback: Callable[[Report], None] | None = None,
-          progress: Callable[[int, int], None] | None = None, **options) -> Image.Image:
+          progress: Callable[[int, int], None] | bool | None = None, **options) -> Image.Image:
     """Dream on `image` with `model`; returns the picture as an 8-bit RGB PIL image.
 
     `image`: a file path, a PIL image, a uint8 RGB array (H, W, 3), or None to start from
@@ -54,7 +54,7 @@ def dream(image: ImageInput, model: VisModel, *, seed: int | None = None,
     defaults (`target_layer=`, `num_steps=`, `initial_size=`, `tv_reg=`, ...; see
     `cnnvis.DreamOptions`). `callback(report)` runs every `output_iter` steps with the
     step, size, losses and the current picture; `progress(size_index, step)` after every
-    step. `guide=` and `mask=` take images as `image` does (the command line's
+    step, or `progress=True` for a progress bar (tqdm's, a widget in a notebook). `guide=` and `mask=` take images as `image` does (the command line's
     --guide_image and --mask; a mask may also be a uint8 array H x W). The same seed and
     options give the same pixels as the command line.
     """
@@ -63,7 +63,7 @@ def dream(image: ImageInput, model: VisModel, *, seed: int | None = None,
 
 def render(image: ImageInput, model: VisModel, *, seed: int | None = None,
            callback: Callable[[Report], None] | None = None,
-           progress: Callable[[int, int], None] | None = None,
+           progress: Callable[[int, int], None] | bool | None = None,
            guide: ImageInput = None, mask: ImageInput = None, **options) -> Picture:
     """`dream`, returning a `Picture`: the float image itself (for 16-bit prints or further
     work) and the seed that made it.
@@ -80,5 +80,11 @@ def render(image: ImageInput, model: VisModel, *, seed: int | None = None,
     check_combinations(settings, photo is not None, guide_rgb is not None)
     plan = plan_picture(settings, photo, mask_grey, model.input_size, model.device,
                         new_seed() if seed is None else seed)
-    return run_plan(plan, model, build_objective(model, settings, guide_rgb), callback=callback,
-                    progress=progress)
+    objective = build_objective(model, settings, guide_rgb)
+    if progress is not True:
+        return run_plan(plan, model, objective, callback=callback, progress=progress or None)
+    # A bar that knows its total, drawn as a widget in a notebook and as text elsewhere.
+    from tqdm.auto import tqdm
+    with tqdm(total=len(plan.sizes) * settings.num_steps, unit="step") as bar:
+        return run_plan(plan, model, objective, callback=callback,
+                        progress=lambda size_index, step: bar.update(1))

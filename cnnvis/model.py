@@ -76,6 +76,11 @@ class VisModel:
         self.labels = labels if labels and math.prod(
             self.check_target(self.blob_names[-1])) == len(labels) else None
 
+    def __repr__(self) -> str:
+        height, width = self.input_size
+        return (f"VisModel({self.name!r}, input {height}x{width}, {len(self.blob_names)} layers, "
+                f"default layer {self.default_layer!r}, device {self.device})")
+
     @property
     def blob_names(self) -> list[str]:
         return self.engine.blob_names

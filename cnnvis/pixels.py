@@ -6,6 +6,7 @@ leave as RGB arrays of 8 or 16 bits per channel, or as PIL images.
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,3 +169,16 @@ class Picture:
     def pil(self) -> Image.Image:
         """The picture as an 8-bit RGB PIL image."""
         return Image.fromarray(self.rgb())
+
+    def _repr_png_(self) -> bytes:
+        """The picture itself where a notebook shows the result of a cell."""
+        return png_bytes(self.rgb())
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """A quick PNG of uint8 or uint16 RGB (H, W, 3), as 8 bits, for display."""
+    if rgb.dtype != np.uint8:
+        rgb = np.rint(rgb / 257.0).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()

@@ -280,3 +280,22 @@ def test_a_model_that_is_not_loaded_is_a_type_error_saying_what_to_pass(model, g
         with pytest.raises(TypeError) as error:
             call()
         assert str(error.value) == either
+
+
+def test_notebooks_see_the_model_the_pictures_and_a_progress_bar(tmp_path, capsys):
+    import io
+
+    from cnnvis.caffe import CaffeNet, parse_prototxt
+    from cnnvis.model import VisModel
+    from tests.caffe_files import TINY_DREAM_NET
+    model = VisModel(CaffeNet(parse_prototxt(TINY_DREAM_NET), None, seed=0).eval(), "tiny",
+                     mean_bgr=(0.0, 0.0, 0.0), default_layer="conv2")
+    assert repr(model) == ("VisModel('tiny', input 16x16, 3 layers, default layer 'conv2', "
+                           "device cpu)")
+    picture = cnnvis.render(None, model, seed=0, num_steps=3, num_sizes=1, progress=True)
+    assert "3/3" in capsys.readouterr().err   # tqdm's bar, with its total
+    shown = Image.open(io.BytesIO(picture._repr_png_()))
+    np.testing.assert_array_equal(np.asarray(shown), picture.rgb())
+    [frame] = cnnvis.animate(None, model, seed=0, num_steps=1, frames=1, depth=16)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(frame._repr_png_()))),
+                                  np.rint(frame.rgb / 257).astype(np.uint8))
