@@ -8,17 +8,22 @@ import contextlib
 import dataclasses
 import sys
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 from cnnvis.animation import plan_sequence, video_dream_frames, zoom_frames
 from cnnvis.errors import NonFiniteImage, UserError
 from cnnvis.frames import FrameStore, recorded_settings
-from cnnvis.plan import new_seed
+from cnnvis.plan import check_memory, new_seed, plan_sizes
 from cnnvis.recording import pixel_settings
 from cnnvis.report import ConsoleObserver, describe_dream, parse_actions
 from cnnvis.request import Outcome, Request, read_inputs
+from cnnvis.settings import DreamOptions
 from cnnvis.signals import signals_deferred
 from cnnvis.video import DEFAULT_FPS, VideoInput, check_video_output, video_writer
 from cnnvis.zoo import select_device
+
+if TYPE_CHECKING:
+    import torch
 
 
 def check_sequence(request: Request) -> None:
@@ -57,9 +62,12 @@ def write_sequence(request: Request) -> Outcome:
     inputs = read_inputs(command, output)
     with contextlib.ExitStack() as stack:
         video = stack.enter_context(VideoInput(command.input_video)) if command.input_video else None
-        photo_size = video.size if video else None if inputs.photo is None else inputs.photo.shape[:2]
         device = select_device(command.gpu)
         spec = request.model_spec(inputs.mean_bgr, device)
+        if video:
+            check_frame_memory(options, video.declared_size, spec.input_size(), device)
+            video.check_first_frame()
+        photo_size = video.size if video else None if inputs.photo is None else inputs.photo.shape[:2]
 
         seed = command.seed
         store_folder = output.with_name(f"{output.stem}_frames")
@@ -123,8 +131,8 @@ def write_sequence(request: Request) -> Outcome:
     if stopped is not None and writer.count == 0:
         raise stopped   # nothing was made: as for a single picture
     if writer.count == 0:
-        raise UserError(f"{video.path} has no frames from --start_frame {command.start_frame} on; "
-                        "give a --start_frame within the video.")
+        raise UserError(f"{video.path} has no frames from --start_frame {command.start_frame} on"
+                        f"{_decodable(video)}; give a --start_frame within the video.")
     done = f"the {writer.count} finished frame(s) are in {store.folder} and {output}"
     if isinstance(stopped, KeyboardInterrupt):
         return Outcome(f"{done} (--resume continues).", stopped)
@@ -134,3 +142,22 @@ def write_sequence(request: Request) -> Outcome:
     if stopped is not None:
         raise UserError(f"{stopped}; {done}.") from None
     return Outcome(f"wrote {output} ({writer.count} frames; each is also in {store.folder})")
+
+
+def check_frame_memory(options: DreamOptions, declared: tuple[int, int] | None,
+                       input_size: tuple[int, int], device: torch.device) -> None:
+    """Refuse, before a frame is decoded, a video whose frames this machine's memory cannot
+    dream: the sizes planned from the frame size that the video declares. (Other problems
+    of the sizes are said once frame 1 is decoded and turned upright.)"""
+    if declared is None:
+        return
+    try:
+        sizes = plan_sizes(options, declared, input_size)
+    except UserError:
+        return
+    check_memory(sizes, device)
+
+
+def _decodable(video: VideoInput) -> str:
+    count = video.decoded_count
+    return "" if count is None or count == video.frame_count else f" (only {count} can be decoded)"

@@ -9,18 +9,24 @@ and re-encoded (AAC in MP4, Opus in WebM) where it cannot.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+from av.sidedata.sidedata import Type as SideData
 from PIL import Image
 
 from cnnvis.errors import UserError
 from cnnvis.files import open_input
 from cnnvis.imageio import PathLike, atomic_write, check_writable_output
+from cnnvis.motion import upright
 from cnnvis.settings import VIDEO_SUFFIXES
+from cnnvis.sizes import MAX_PIXELS
+
+logger = logging.getLogger("cnnvis")
 
 # Output suffix -> (FFmpeg container, video encoder, its options, audio codecs the
 # container takes as they are, the audio encoder for any other).
@@ -31,6 +37,12 @@ CONTAINERS = {
               {"opus", "vorbis"}, "libopus"),
 }
 DEFAULT_FPS = Fraction(24)
+# Stills in a video's clothes: FFmpeg's still-image demuxers (a PNG renamed .mp4), HEIF and
+# AVIF photos, and a file of a single frame of a still image's codec.
+STILL_FORMATS, STILL_BRANDS = {"image2", "image2pipe"}, {"avif", "heic", "heix", "mif1"}
+STILL_CODECS = {"mjpeg", "png", "apng", "gif", "webp", "bmp", "tiff", "jpeg2000", "jpegls",
+                "jpegxl", "ppm", "pgm", "pbm", "pam", "qoi", "targa", "sgi", "exr", "dpx",
+                "pcx", "hdr", "xbm", "xpm", "xwd", "sunrast", "photocd", "psd", "ljpeg"}
 
 
 def check_video_output(path: PathLike) -> None:
@@ -43,21 +55,22 @@ def check_video_output(path: PathLike) -> None:
 
 
 class VideoInput:
-    """A video file opened for reading: its frame rate, size, frame count where the file
-    says it, and its frames as uint8 RGB (H, W, 3), decoded one at a time.
+    """A video file opened for reading: its frame rate, the frame size and count it declares,
+    and its frames as uint8 RGB (H, W, 3), decoded one at a time and turned upright.
 
-    Every problem with the file is a UserError naming it; a video whose first frame
-    cannot be decoded is refused when opened, before any work.
-    """
+    Opening decodes nothing (the caller checks the memory with `declared_size`, a size
+    beyond MAX_PIXELS refused here); `check_first_frame()` then decodes frame 1. Every
+    problem with the file is a UserError naming it."""
 
     def __init__(self, path: PathLike):
         self.path = Path(path)
         self._file = open_input(path, "video", "--input_video")
         try:
             self._container = av.open(self._file, mode="r")
-            if self._container.format.name == "image2" or self._container.format.name.endswith("_pipe"):
-                raise UserError(f"'{path}' (--input_video) is a still image, not a video; give "
-                                "it with --initial_image (with --frames N for a zoom sequence)")
+            name = self._container.format.name
+            if name in STILL_FORMATS or name.endswith("_pipe") or (
+                    self._container.metadata.get("major_brand") in STILL_BRANDS):
+                raise self._still()
             if not self._container.streams.video:
                 raise self._no_frames()
             stream = self._container.streams.video[0]
@@ -65,30 +78,82 @@ class VideoInput:
             self.fps: Fraction = Fraction(stream.average_rate or stream.guessed_rate or DEFAULT_FPS)
             self.frame_count: int | None = stream.frames or None
             self.has_audio = bool(self._container.streams.audio)
-            first = next(self.frames(1, 1), None)
+            height, width = stream.codec_context.height, stream.codec_context.width
         except av.FFmpegError as error:
             self.close()
             raise self._error(error) from None
         except BaseException:
             self.close()
             raise
-        if first is None:
+        if height * width > MAX_PIXELS:
             self.close()
-            raise self._no_frames()
-        self.size: tuple[int, int] = first[1].shape[:2]   # (height, width)
+            raise UserError(f"'{path}' (--input_video) declares frames of {width}x{height} "
+                            f"pixels, more than cnn-vis can hold (at most {MAX_PIXELS}); give "
+                            "a smaller video (scale it down first), or check that it is not "
+                            "damaged")
+        # (height, width) as stored, before any turn (None: the header does not say)
+        self.declared_size: tuple[int, int] | None = (height, width) if height * width else None
+        self.size: tuple[int, int] | None = None   # (height, width) upright, from frame 1
+        self.decoded_count: int | None = None       # the frames there are, once read to the end
+
+    def check_first_frame(self) -> None:
+        """Decode frame 1 (and a second of an image codec's), refusing a file none of whose
+        frames decode and a single picture; `size` becomes frame 1's, upright."""
+        frames = self._decoded()
+        try:
+            first = next(frames, None)
+            if first is None:
+                raise self._no_frames()
+            codec = self._container.streams.video[0].codec_context.name
+            if codec in STILL_CODECS and next(frames, None) is None:
+                raise self._still()
+        finally:
+            frames.close()
+        self.size = first[1].shape[:2]
 
     def frames(self, start: int, end: int | None) -> Iterator[tuple[int, np.ndarray]]:
-        """(number from 1, uint8 RGB (H, W, 3)) of frames start..end."""
+        """(number from 1, uint8 RGB (H, W, 3)) of frames start..end. A file that ends
+        before the frame count it declares gives the frames it has, with a warning."""
+        number = 0
+        for number, rgb in self._decoded():
+            if end is not None and number > end:
+                return
+            if number >= start:
+                yield number, rgb
+        if self.frame_count and start <= number < self.frame_count:
+            logger.warning(f"cnn-vis: '{self.path}' (--input_video) declares "
+                           f"{self.frame_count} frames, but only {number} can be decoded (the "
+                           f"file is cut short or damaged); the video is made of those {number}.")
+        self.decoded_count = number
+
+    def _decoded(self) -> Iterator[tuple[int, np.ndarray]]:
+        """Every frame that decodes, upright, numbered from 1; damaged packets are skipped
+        (as players do), and a file of which nothing decodes is an error."""
         self._container.seek(0)
         stream = self._container.streams.video[0]
+        number, damage = 0, None
         try:
-            for number, frame in enumerate(self._container.decode(stream), start=1):
-                if end is not None and number > end:
-                    return
-                if number >= start:
-                    yield number, frame.to_ndarray(format="rgb24")
-        except av.FFmpegError as error:
-            raise self._error(error) from None
+            for packet in self._container.demux(stream):
+                try:
+                    decoded = packet.decode()
+                except av.FFmpegError as error:
+                    damage = damage or error
+                    continue
+                for frame in decoded:
+                    number += 1
+                    # The display matrix of its stream (a phone's orientation), FFmpeg's
+                    # int32 a b u / c d v / x y w.
+                    matrix = next((np.frombuffer(bytes(data), np.int32) for data in
+                                   frame.side_data if data.type == SideData.DISPLAYMATRIX), None)
+                    yield number, upright(frame.to_ndarray(format="rgb24"), matrix)
+        except av.FFmpegError as error:   # the rest of the file cannot be read
+            damage = damage or error
+        if number == 0 and damage is not None:
+            raise self._error(damage) from None
+
+    def _still(self) -> UserError:
+        return UserError(f"'{self.path}' (--input_video) is a still image, not a video; give "
+                         "it with --initial_image (with --frames N for a zoom sequence)")
 
     def _no_frames(self) -> UserError:
         return UserError(f"'{self.path}' (--input_video) has no video frames; give a video file "

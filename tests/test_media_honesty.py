@@ -1,0 +1,135 @@
+"""Nothing lost 3: media that lie (cut short, a still in a video's name, a phone's turn, a
+declared size beyond the memory), stored pictures whose metadata was edited, a signal or
+a full disk in the middle of a sequence, and recursive patterns.
+
+The media are made here with PyAV (tests/media.py) and dreamed with the tiny network."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image, PngImagePlugin
+
+import cnnvis.video
+from cnnvis.cli import main
+from cnnvis.frames import FrameStore
+from cnnvis.video import VideoInput
+from tests.cli_contract import PREVIOUS_OUTPUT, refused
+from tests.media import (avi_declaring, cut_short, moving_square_frames, read_video,
+                         write_video)
+
+FAST = ["--num_steps", "2", "--iter_behavior", ""]
+
+
+def frame_names(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.glob("*.png"))
+
+
+def no_temporary_files(folder: Path) -> bool:
+    return not [path for path in folder.rglob("*") if path.name.endswith(".tmp")]
+
+
+# ----------------------------------------------------------------------------- media honesty
+
+def test_a_video_cut_short_gives_its_frames_and_says_so(tiny_model, tmp_path, capsys):
+    video = cut_short(write_video(tmp_path / "cut.mp4", moving_square_frames(20, (32, 48), 1),
+                                  faststart=True), keep=9)
+    out = tmp_path / "dream.mp4"
+    assert main(tiny_model + FAST + ["--input_video", str(video), "--output_file", str(out),
+                                     "--frame_steps", "1"]) == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "declares" in line]
+    assert len(warnings) == 1 and "20 frames" in warnings[0] and "only 9" in warnings[0], err
+    assert "Traceback" not in err and "wrote" in err
+    assert len(read_video(out)[0]) == 9
+    assert frame_names(tmp_path / "dream_frames") == [f"{n:06d}.png" for n in range(1, 10)]
+
+
+def still_bytes(kind: str) -> bytes:
+    rgb = np.random.default_rng(2).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    if kind == "mjpeg-in-mp4":   # one MJPEG frame in a real MP4 container
+        file = io.BytesIO()
+        with av.open(file, "w", format="mp4") as container:
+            stream = container.add_stream("mjpeg", rate=10)
+            stream.width, stream.height, stream.pix_fmt = 32, 24, "yuvj420p"
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = 0
+            container.mux(stream.encode(frame))
+            container.mux(stream.encode(None))
+        return file.getvalue()
+    file = io.BytesIO()
+    Image.fromarray(rgb).save(file, format=kind)
+    return file.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["PNG", "JPEG", "GIF", "WEBP", "mjpeg-in-mp4"])
+def test_a_still_image_named_mp4_is_refused_as_a_still(tiny, output, tmp_path, capsys, kind):
+    still = tmp_path / "photo.mp4"
+    still.write_bytes(still_bytes(kind))
+    refused(tiny + ["--input_video", str(still), "--output_file", str(tmp_path / "v.mp4")],
+            capsys, output, "is a still image", "--initial_image")
+    assert not list(tmp_path.glob("*_frames"))
+
+
+def test_an_animated_gif_is_a_video(tiny_model, tmp_path):
+    frames = [Image.fromarray(rgb) for rgb in moving_square_frames(3, (24, 32), 2, side=8)]
+    gif = tmp_path / "moving.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100)
+    out = tmp_path / "dream.gif"
+    assert main(tiny_model + FAST + ["--input_video", str(gif), "--output_file", str(out)]) == 0
+    assert Image.open(out).n_frames == 3
+
+
+@pytest.mark.parametrize("rotation, turns", [(-90, -1), (90, 1), (180, 2)])
+def test_a_phone_video_is_dreamed_upright(tiny_model, tmp_path, rotation, turns):
+    """The display matrix's turn is applied as the frames are decoded, as a player does.
+    With a learning rate of 0 and no blend, every frame is its input frame."""
+    frames = moving_square_frames(3, (32, 48), speed=3, side=12)
+    frames[0][:6, :10] = 255           # a mark in the stored top-left corner
+    video = write_video(tmp_path / "phone.mp4", frames, rotation=rotation)
+    plain = read_video(write_video(tmp_path / "plain.mp4", frames))[0]   # as stored, decoded
+    out = tmp_path / "dream.mp4"
+    assert main(tiny_model + FAST + ["--input_video", str(video), "--output_file", str(out),
+                                     "--learning_rate", "0", "--blend", "0", "--seed", "0"]) == 0
+    for number, decoded in enumerate(plain, start=1):
+        stored = np.array(Image.open(tmp_path / "dream_frames" / f"{number:06d}.png"))
+        np.testing.assert_array_equal(stored, np.rot90(decoded, turns))
+    side = (48, 32) if turns % 2 else (32, 48)
+    assert read_video(out)[0][0].shape[:2] == side
+
+
+def test_the_memory_is_checked_on_the_declared_size_before_decoding(tiny, output, tmp_path,
+                                                                     capsys, monkeypatch):
+    video = avi_declaring(tmp_path / "big.avi", (6000, 6000))   # its frames are 16x16
+    pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 2 * 2 ** 30 // 4096}   # a 2 GB machine
+    monkeypatch.setattr(os, "sysconf", lambda name: pages[name])
+
+    def no_decoding(self):
+        raise AssertionError("a frame was decoded before the memory was checked")
+
+    monkeypatch.setattr(VideoInput, "_decoded", no_decoding)
+    refused(tiny + ["--input_video", str(video), "--output_file", str(tmp_path / "v.mp4")],
+            capsys, output, "6000x6000", "needs about", "this machine has 2 GB")
+
+
+def test_an_absurd_declared_size_is_refused_at_once(tiny, output, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cnnvis.video, "MAX_PIXELS", 2 ** 20)   # FFmpeg itself refuses 2^28
+    video = avi_declaring(tmp_path / "huge.avi", (2000, 1000))
+    monkeypatch.setattr(VideoInput, "_decoded", None)   # never called
+    refused(tiny + ["--input_video", str(video), "--output_file", str(tmp_path / "v.mp4")],
+            capsys, output, "declares frames of 1000x2000 pixels", f"at most {2 ** 20}")
+
+
+def test_a_size_beyond_what_ffmpeg_decodes_is_one_line(tiny, output, tmp_path, capsys):
+    video = avi_declaring(tmp_path / "huge.avi", (16384, 16384))   # FFmpeg reads it as 0x0
+    refused(tiny + ["--input_video", str(video), "--output_file", str(tmp_path / "v.mp4")],
+            capsys, output, "cannot read video", "huge.avi")
