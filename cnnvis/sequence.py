@@ -19,7 +19,8 @@ from cnnvis.report import ConsoleObserver, describe_dream, parse_actions
 from cnnvis.request import Outcome, Request, read_inputs
 from cnnvis.settings import DreamOptions
 from cnnvis.signals import signals_deferred
-from cnnvis.video import DEFAULT_FPS, VideoInput, check_video_output, video_writer
+from cnnvis.video import (DEFAULT_FPS, VideoInput, VideoWriteError, check_video_output,
+                          video_writer)
 from cnnvis.zoo import select_device
 
 if TYPE_CHECKING:
@@ -115,19 +116,31 @@ def write_sequence(request: Request) -> Outcome:
 
         writer = stack.enter_context(video_writer(output, fps, video, sound_from))
         stopped: BaseException | None = None
+        finished = 0   # the frames in the folder
         try:
             for frame in sequence:
-                if frame.picture is not None:
-                    with signals_deferred():   # a signal now waits for the file to be complete
+                # A signal now waits until the frame is in the folder and in the video.
+                with signals_deferred():
+                    if frame.picture is not None:
                         store.save(frame.number, frame.rgb)
-                writer.write(frame.rgb)
+                    finished += 1
+                    writer.write(frame.rgb)
                 observer.frame_done(frame.number)
-        except (UserError, KeyboardInterrupt) as stop:   # the finished frames make the video
-            stopped = stop
+        except (UserError, KeyboardInterrupt, VideoWriteError) as stop:
+            stopped = stop   # the finished frames make the video
         finally:
             observer.close()
-        with signals_deferred():
-            stack.close()   # the video is complete and in place
+        unwritten: UserError | None = None
+        try:
+            with signals_deferred():
+                stack.close()   # the video is complete and in place
+        except UserError as error:   # it is not: its disk is full, say
+            unwritten = error
+    if unwritten is not None:
+        cause = stopped if isinstance(stopped, UserError) else unwritten
+        raise UserError(f"{cause}; the {finished} finished frame(s) are in {store.folder}, and "
+                        f"{output} is not written: run again with --resume to make it from "
+                        "them") from None
     if stopped is not None and writer.count == 0:
         raise stopped   # nothing was made: as for a single picture
     if writer.count == 0:

@@ -187,8 +187,8 @@ def eight_bits(rgb: np.ndarray) -> np.ndarray:
 def video_writer(path: PathLike, fps: Fraction, sound: VideoInput | None = None,
                  sound_from: float = 0.0) -> Iterator["VideoWriter | GifWriter"]:
     """A writer of frames into `path` (.mp4, .webm or .gif), which appears only when the
-    block ends, holding every frame written (none at all: no file). `sound`: a video whose audio, from
-    `sound_from` seconds on, goes with the frames."""
+    block ends, holding every frame written (none at all, or a file that took no more bytes:
+    no file). `sound`: a video whose audio, from `sound_from` seconds on, goes along."""
     with contextlib.suppress(_NoFrames), atomic_write(path) as file:
         if Path(path).suffix.lower() == ".gif":
             writer = GifWriter(file, fps)
@@ -199,14 +199,43 @@ def video_writer(path: PathLike, fps: Fraction, sound: VideoInput | None = None,
         except BaseException:
             writer.abandon()
             raise
-        if writer.count == 0:   # nothing to show: no file, and an older one stays
+        if writer.error is not None or writer.count == 0:   # an older file stays
             writer.abandon()
-            raise _NoFrames
+            raise writer.error or _NoFrames()
         writer.finish()
 
 
 class _NoFrames(Exception):
     pass
+
+
+class VideoWriteError(Exception):
+    """The video's file took no more bytes (a full disk); the writer's block then ends in
+    the UserError that names the file and the cause."""
+
+
+class _Output:
+    """The file a video is encoded into, which after its first failure (`error`) takes and
+    says nothing more: FFmpeg's later writes (the trailer's) pile up no exceptions."""
+
+    def __init__(self, file):
+        self._file = file
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        if self.error is None:
+            try:
+                return self._file.write(data)
+            except OSError as error:
+                self.error = error
+                raise
+        return len(data)
+
+    def seek(self, *args) -> int:
+        return self._file.seek(*args)
+
+    def tell(self) -> int:
+        return self._file.tell()
 
 
 class VideoWriter:
@@ -218,25 +247,37 @@ class VideoWriter:
         self.format, self.codec, self.codec_options, self.copyable, self.audio_codec = \
             CONTAINERS[suffix]
         self.fps = Fraction(fps).limit_denominator(1001)
-        self._container = av.open(file, mode="w", format=self.format)
+        self._output = _Output(file)
+        self._container = av.open(self._output, mode="w", format=self.format)
         self._stream = None
         self._sound = _Sound(sound, sound_from, self.copyable, self.audio_codec) if (
             sound is not None and sound.has_audio) else None
         self.count = 0
 
+    @property
+    def error(self) -> OSError | None:   # why the file takes no more bytes
+        return self._output.error
+
     def write(self, rgb: np.ndarray) -> None:
         """Append a frame (uint8 or uint16 RGB); the first frame decides the video's size,
         cropped to even sides (yuv420p halves the colour resolution)."""
         rgb = eight_bits(rgb)
-        if self._stream is None:
-            self._open(rgb.shape[0] // 2 * 2, rgb.shape[1] // 2 * 2)
-        frame = av.VideoFrame.from_ndarray(
-            np.ascontiguousarray(rgb[:self._stream.height, :self._stream.width]), format="rgb24")
-        frame.pts = self.count
-        self._container.mux(self._stream.encode(frame))
-        self.count += 1
-        if self._sound is not None:
-            self._sound.copy_frames(self.count)
+        try:
+            if self.error is not None:
+                raise self.error
+            if self._stream is None:
+                self._open(rgb.shape[0] // 2 * 2, rgb.shape[1] // 2 * 2)
+            rgb = np.ascontiguousarray(rgb[:self._stream.height, :self._stream.width])
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = self.count
+            self._container.mux(self._stream.encode(frame))
+            self.count += 1
+            if self._sound is not None:
+                self._sound.copy_frames(self.count)
+        except (OSError, av.FFmpegError) as error:
+            if self.error is None:
+                raise
+            raise VideoWriteError(str(self.error)) from error
 
     def _open(self, height: int, width: int) -> None:
         self._stream = self._container.add_stream(self.codec, rate=self.fps)
@@ -247,11 +288,17 @@ class VideoWriter:
             self._sound.add_stream(self._container)
 
     def finish(self) -> None:
-        if self._stream is not None:
-            self._container.mux(self._stream.encode(None))
-            if self._sound is not None:
-                self._sound.finish()
-        self._container.close()
+        try:
+            if self._stream is not None:
+                self._container.mux(self._stream.encode(None))
+                if self._sound is not None:
+                    self._sound.finish()
+            self._container.close()
+        except (OSError, av.FFmpegError):
+            if self.error is None:
+                raise
+        if self.error is not None:   # the video is not whole
+            raise self.error
 
     def abandon(self) -> None:
         with contextlib.suppress(Exception):
@@ -336,6 +383,7 @@ class GifWriter:
         self._duration_ms = round(1000 / float(fps))
         self._frames: list[Image.Image] = []
         self.count = 0
+        self.error = None   # Pillow writes the file at the end, where its errors come
 
     def write(self, rgb: np.ndarray) -> None:
         self._frames.append(Image.fromarray(eight_bits(rgb)).quantize(

@@ -133,3 +133,100 @@ def test_a_size_beyond_what_ffmpeg_decodes_is_one_line(tiny, output, tmp_path, c
     video = avi_declaring(tmp_path / "huge.avi", (16384, 16384))   # FFmpeg reads it as 0x0
     refused(tiny + ["--input_video", str(video), "--output_file", str(tmp_path / "v.mp4")],
             capsys, output, "cannot read video", "huge.avi")
+
+
+# ----------------------------------------------------------------------------- signals
+
+@pytest.mark.parametrize("suffix", [".mp4", ".gif"])
+def test_a_frame_finished_before_a_signal_is_in_the_video(tiny_model, tmp_path, monkeypatch,
+                                                          capsys, suffix):
+    """SIGTERM the moment frame 2's PNG is in the folder: the frame is in the video too."""
+    save = FrameStore.save
+
+    def save_and_signal(store, number, rgb):
+        save(store, number, rgb)
+        if number == 2:
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(FrameStore, "save", save_and_signal)
+    out = tmp_path / f"zoom{suffix}"
+    assert main(tiny_model + FAST + ["--frames", "5", "--zoom", "1.05", "--initial_size",
+                                     "24x32", "--output_file", str(out)]) == 143
+    assert "the 2 finished frame(s)" in capsys.readouterr().err
+    assert frame_names(tmp_path / "zoom_frames") == ["000001.png", "000002.png"]
+    count = Image.open(out).n_frames if suffix == ".gif" else len(read_video(out)[0])
+    assert count == 2
+    assert no_temporary_files(tmp_path)
+
+
+# ----------------------------------------------------------------------------- a full disk
+
+class FullDisk:
+    """A file that takes `room` bytes, then fails as a full disk does."""
+
+    def __init__(self, file, room: int):
+        self._file, self._room = file, room
+
+    def write(self, data: bytes) -> int:
+        if len(data) > self._room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._room -= len(data)
+        return self._file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+
+@pytest.mark.parametrize("room, frames", [(0, 60), (2000, 4)], ids=["during", "at-the-end"])
+def test_a_full_disk_during_a_zoom_is_one_line_and_keeps_the_frames(tiny, tmp_path, capfd,
+                                                                    monkeypatch, output, room,
+                                                                    frames):
+    """capfd: what PyAV prints of exceptions it drops goes straight to file descriptor 2."""
+    atomic_write = cnnvis.video.atomic_write
+
+    @contextlib.contextmanager
+    def filling(path):
+        with atomic_write(path) as file:
+            yield FullDisk(file, room)
+
+    monkeypatch.setattr(cnnvis.video, "atomic_write", filling)
+    out = tmp_path / "zoom" / "zoom.mp4"   # its frames folder appears beside it, not beside `output`
+    out.parent.mkdir()
+    message = refused(tiny + ["--frames", str(frames), "--zoom", "1.05", "--initial_size",
+                              "48x64", "--output_file", str(out)], capfd, output,
+                      "cannot write", "zoom.mp4", "No space left on device", "finished frame(s)",
+                      "--resume")
+    made = frame_names(out.parent / "zoom_frames")
+    assert f"the {len(made)} finished frame(s) are in" in message
+    assert 0 < len(made) < frames if room == 0 else len(made) == frames
+    for name in made:
+        assert Image.open(out.parent / "zoom_frames" / name).size == (64, 48)
+    assert not out.exists() and no_temporary_files(tmp_path)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 300 KB tmpfs (needs root), unmounted after the test."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs",
+                                            str(disk)], capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_really_full_disk_during_a_zoom(tiny_model, small_disk, capfd):
+    out = small_disk / "zoom.mp4"
+    status = main(tiny_model + FAST + ["--seed", "0", "--frames", "30", "--zoom", "1.05",
+                                       "--initial_size", "120x160", "--output_file", str(out)])
+    err = capfd.readouterr().err
+    assert status == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "No space left on device" in err
+    frames = frame_names(small_disk / "zoom_frames")
+    assert frames and f"the {len(frames)} finished frame(s) are in" in err
+    for name in frames:
+        Image.open(small_disk / "zoom_frames" / name).load()   # whole
+    if out.exists():
+        assert len(read_video(out)[0]) == len(frames)
+    assert no_temporary_files(small_disk)
