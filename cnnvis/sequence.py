@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from cnnvis.animation import plan_sequence, video_dream_frames, zoom_frames
 from cnnvis.errors import NonFiniteImage, UserError
-from cnnvis.frames import FrameStore, recorded_settings
+from cnnvis.frames import FrameStore, recorded_frames, recorded_seed
 from cnnvis.plan import check_memory, new_seed, plan_sizes
 from cnnvis.recording import pixel_settings
 from cnnvis.report import ConsoleObserver, describe_dream, parse_actions
@@ -72,9 +72,10 @@ def write_sequence(request: Request) -> Outcome:
 
         seed = command.seed
         store_folder = output.with_name(f"{output.stem}_frames")
-        recorded = recorded_settings(store_folder) if command.resume else {}
+        recorded = recorded_frames(store_folder) if command.resume else {}
         if seed is None:
-            seed = next(iter(recorded.values()))["seed"] if recorded else new_seed()
+            seed = recorded_seed(recorded)
+            seed = new_seed() if seed is None else seed
             request = request.with_seed(seed)
         plan = plan_sequence({**dataclasses.asdict(options), **dataclasses.asdict(animation)},
                              photo_size=photo_size,
@@ -85,7 +86,7 @@ def write_sequence(request: Request) -> Outcome:
         store = FrameStore(output, command.output_depth, png_text,
                            pixel_settings(request.command, options, animation, seed=seed))
         if command.resume:
-            store.check_resumable()
+            store.check_resumable(plan.first.sizes[-1])
         store.check_writable()
 
         if video and video.frame_count and command.start_frame > video.frame_count:

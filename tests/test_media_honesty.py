@@ -135,6 +135,62 @@ def test_a_size_beyond_what_ffmpeg_decodes_is_one_line(tiny, output, tmp_path, c
             capsys, output, "cannot read video", "huge.avi")
 
 
+# ----------------------------------------------------------------------------- edited metadata
+
+def rewrite_png(path: Path, rgb: np.ndarray | None = None, **changes: str) -> None:
+    """`path` again, with `rgb` for its pixels where given and its text chunks changed."""
+    with Image.open(path) as image:
+        text = dict(image.text)
+        pixels = np.array(image) if rgb is None else rgb
+    info = PngImagePlugin.PngInfo()
+    for key, value in {**text, **changes}.items():
+        info.add_text(key, value)
+    Image.fromarray(pixels).save(path, pnginfo=info)
+
+
+def edited_settings(path: Path, edit: str) -> str:
+    with Image.open(path) as image:
+        settings = json.loads(image.text["cnn-vis:settings"])
+    if edit == "list":
+        return json.dumps(list(settings.items()))
+    if edit == "no seed":
+        return json.dumps({k: v for k, v in settings.items() if k != "seed"})
+    if edit == "seed as text":
+        return json.dumps({**settings, "seed": str(settings["seed"])})
+    if edit == "deep":
+        return "[" * 100000 + "]" * 100000
+    return '{"seed": 1'   # not JSON
+
+
+@pytest.mark.parametrize("edit, key_words", [
+    ("list", ["not a cnn-vis record"]), ("invalid JSON", ["not a cnn-vis record"]),
+    ("deep", ["not a cnn-vis record"]), ("no seed", ["--seed (not given) there"]),
+    ("seed as text", ['--seed "', '" there'])])
+def test_resume_reads_edited_frame_metadata_as_another_command(tiny_model, tmp_path, capsys,
+                                                               edit, key_words):
+    out = tmp_path / "zoom.mp4"
+    argv = tiny_model + FAST + ["--frames", "2", "--zoom", "1.05", "--output_file", str(out)]
+    assert main(argv) == 0   # a seed of its own, recorded in the frames
+    first = tmp_path / "zoom_frames" / "000001.png"
+    rewrite_png(first, **{"cnn-vis:settings": edited_settings(first, edit)})
+    capsys.readouterr()
+    out.write_bytes(PREVIOUS_OUTPUT)
+    refused(argv + ["--resume"], capsys, out, "--resume", "000001.png",
+            "was made by another command", "drop --resume", *key_words)
+
+
+def test_resume_refuses_a_stored_frame_of_another_size(tiny_model, tmp_path, capsys):
+    out = tmp_path / "zoom.mp4"
+    argv = tiny_model + FAST + ["--seed", "3", "--frames", "3", "--output_file", str(out)]
+    assert main(argv[:-4] + ["--frames", "2"] + argv[-2:]) == 0
+    second = tmp_path / "zoom_frames" / "000002.png"
+    rewrite_png(second, np.zeros((20, 24, 3), np.uint8))   # its metadata copied over
+    capsys.readouterr()
+    out.write_bytes(PREVIOUS_OUTPUT)
+    refused(argv + ["--resume"], capsys, out, "--resume", "000002.png", "made by another command",
+            "it is 24x20 pixels, this run's frames 16x16")
+
+
 # ----------------------------------------------------------------------------- signals
 
 @pytest.mark.parametrize("suffix", [".mp4", ".gif"])
