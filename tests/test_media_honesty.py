@@ -191,6 +191,24 @@ def test_resume_refuses_a_stored_frame_of_another_size(tiny_model, tmp_path, cap
             "it is 24x20 pixels, this run's frames 16x16")
 
 
+@pytest.mark.parametrize("edit", ["list", "no seed", "seed as text", "invalid JSON", "nan"])
+def test_a_job_picture_with_edited_metadata_is_made_again(tiny_model, tmp_path, capsys, edit):
+    argv = tiny_model + FAST + ["--image_type", "amplify_neuron", "--target_neuron", "0-2",
+                                "--output_file", str(tmp_path / "out.png")]
+    assert main(argv) == 0
+    folder = tmp_path / "out_atlas" / "conv2"
+    first = folder / "0000.png"
+    made = first.read_bytes()
+    if edit == "nan":
+        rewrite_png(first, **{"cnn-vis:objective": "nan"})
+    else:
+        rewrite_png(first, **{"cnn-vis:settings": edited_settings(first, edit)})
+    capsys.readouterr()
+    assert main(argv) == 0   # without --seed: the others' seed is taken
+    assert "2 of the 3 pictures are in" in capsys.readouterr().err
+    assert first.read_bytes() == made
+
+
 # ----------------------------------------------------------------------------- signals
 
 @pytest.mark.parametrize("suffix", [".mp4", ".gif"])
