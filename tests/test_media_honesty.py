@@ -304,3 +304,16 @@ def test_a_really_full_disk_during_a_zoom(tiny_model, small_disk, capfd):
     if out.exists():
         assert len(read_video(out)[0]) == len(frames)
     assert no_temporary_files(small_disk)
+
+
+# ----------------------------------------------------------------------------- patterns
+
+def test_a_recursive_pattern_finds_images_in_subfolders(tiny, tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("src/a.png", "src/one/b.png", "src/one/two/c.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp_path / name)
+    folder = tmp_path / "dreams"
+    argv = tiny[:-1] + [str(folder) + os.sep, "--initial_image", str(tmp_path / "src/**/*.png")]
+    assert main(argv) == 0
+    assert sorted(path.name for path in folder.glob("*.png")) == ["a.png", "b.png", "c.png"]
