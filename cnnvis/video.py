@@ -123,7 +123,7 @@ class VideoInput:
         if self.frame_count and start <= number < self.frame_count:
             logger.warning(f"cnn-vis: '{self.path}' (--input_video) declares "
                            f"{self.frame_count} frames, but only {number} can be decoded (the "
-                           f"file is cut short or damaged); the video is made of those {number}.")
+                           "file is cut short or damaged); the output has the frames that decode.")
         self.decoded_count = number
 
     def _decoded(self) -> Iterator[tuple[int, np.ndarray]]:
