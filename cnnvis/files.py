@@ -94,7 +94,8 @@ IMAGE_SUFFIXES = frozenset(suffix for suffix, _ in Image.registered_extensions()
 
 def image_files(source: str) -> list[Path] | None:
     """The images of a folder (its files whose suffix is an image format's) or of a glob
-    pattern, sorted; None when `source` is neither (a single image file)."""
+    pattern (`**` for any depth of folders), sorted; None when `source` is neither (a
+    single image file)."""
     path = Path(source)
     try:
         is_dir, exists = path.is_dir(), path.exists()
@@ -105,7 +106,7 @@ def image_files(source: str) -> list[Path] | None:
                        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         what = "is a directory with no images in it"
     elif not exists and glob.has_magic(source):
-        found = sorted(Path(p) for p in glob.glob(source) if Path(p).is_file())
+        found = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
         what = "matches no files"
     else:
         return None

@@ -1,7 +1,8 @@
 """The folder of a sequence's finished frames, `{stem}_frames/` beside the output: one PNG
 per frame, `000001.png` on, each recording the settings that decide its pixels. A run
 resumed with --resume reuses the frames that the same settings made, and refuses frames
-that other settings made rather than mixing them in.
+that other settings made (or of another size, or whose recorded settings cannot be read)
+rather than mixing them in.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import io
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,12 +50,18 @@ class FrameStore:
         make_folder(self.folder, "the frames folder")
         save_png(self.path(number), rgb, {**self.png_text, "cnn-vis:frame": str(number)})
 
-    def check_resumable(self) -> None:
-        """Refuse stored frames that other settings made, naming the settings that differ."""
-        for number, settings in recorded_settings(self.folder).items():
-            differences = [f"--{name} {_shown(settings.get(name))} there, "
-                           f"{_shown(self.settings[name])} here"
-                           for name in differing_settings(settings, self.settings)]
+    def check_resumable(self, size: tuple[int, int]) -> None:
+        """Refuse stored frames that other settings made, naming the settings that differ,
+        and frames of another (height, width) than `size`, this run's."""
+        for number, frame in recorded_frames(self.folder).items():
+            if frame.settings is None:
+                differences = ["its recorded settings are not a cnn-vis record"]
+            else:
+                differences = [_difference(name, frame.settings.get(name), self.settings[name])
+                               for name in differing_settings(frame.settings, self.settings)]
+            if not differences and frame.size != tuple(size):
+                differences = [f"it is {frame.size[1]}x{frame.size[0]} pixels, this run's "
+                               f"frames {size[1]}x{size[0]}"]
             if differences:
                 raise UserError(f"--resume: frame {self.path(number)} was made by another "
                                 f"command ({'; '.join(differences)}); give the same options as "
@@ -79,8 +87,17 @@ class FrameStore:
                             "run again") from None
 
 
-def recorded_settings(folder: Path) -> dict[int, dict]:
-    """The settings recorded in each frame PNG of `folder`, by frame number."""
+@dataclass(frozen=True)
+class StoredFrame:
+    """What a stored frame records: its settings (None where they are not a JSON object)
+    and its (height, width)."""
+
+    settings: dict | None
+    size: tuple[int, int]
+
+
+def recorded_frames(folder: Path) -> dict[int, StoredFrame]:
+    """The frame PNGs of `folder`, by frame number."""
     recorded = {}
     if not folder.is_dir():
         return recorded
@@ -92,14 +109,35 @@ def recorded_settings(folder: Path) -> dict[int, dict]:
             try:
                 with Image.open(file) as image:
                     text = getattr(image, "text", {}).get(SETTINGS_KEY)
+                    size = (image.height, image.width)
             except Exception:  # noqa: BLE001 - not a PNG: reported below as not ours
                 text = None
-        try:
-            recorded[int(match.group(1))] = json.loads(text)
-        except (TypeError, ValueError):
+        if not isinstance(text, str):
             raise UserError(f"--resume: {path} is not a frame that cnn-vis made (it records no "
-                            "settings); move it away, or drop --resume") from None
+                            "settings); move it away, or drop --resume")
+        try:
+            settings = json.loads(text)
+        except (ValueError, RecursionError):   # edited: read as another command's
+            settings = None
+        recorded[int(match.group(1))] = StoredFrame(
+            settings if isinstance(settings, dict) else None, size)
     return recorded
+
+
+def recorded_seed(recorded: Mapping[int, StoredFrame]) -> int | None:
+    """The seed that the first stored frame records, where it is a seed, else None."""
+    first = next(iter(recorded.values()), None)
+    seed = first.settings.get("seed") if first and first.settings else None
+    is_seed = isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2 ** 63
+    return seed if is_seed else None
+
+
+def _difference(name: str, there: object, here: object) -> str:
+    """`--name X there, Y here`; values of two JSON types (the seed 5 and the text "5")
+    are written as JSON, so that they do not read as one."""
+    same_type = type(there) is type(here) or None in (there, here)
+    there, here = (_shown(value) if same_type else json.dumps(value, default=str) for value in (there, here))
+    return f"--{name} {there} there, {here} here"
 
 
 def _shown(value: object) -> str:

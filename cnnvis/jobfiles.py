@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont
 
 from cnnvis.imageio import SETTINGS_KEY, atomic_write, save_png, settings_text
 
@@ -27,14 +27,19 @@ def save_job_png(path: Path, rgb: np.ndarray, png_text: Mapping[str, str],
 
 
 def recorded(path: Path) -> tuple[dict, float] | None:
-    """The settings and objective recorded in a job PNG; None when there is none (no file,
-    or not one that a large job wrote)."""
+    """The settings and objective recorded in a job PNG; None when there are none that a
+    large job wrote (no file, another kind of file, or its metadata edited: settings that
+    are not a JSON object with a seed, an objective that is not a finite number)."""
     try:
         with Image.open(path) as image:
             text = getattr(image, "text", {})
-            return json.loads(text[SETTINGS_KEY]), float(text[OBJECTIVE_KEY])
-    except (OSError, UnidentifiedImageError, KeyError, ValueError, SyntaxError):
+            settings, objective = json.loads(text[SETTINGS_KEY]), float(text[OBJECTIVE_KEY])
+    except Exception:  # noqa: BLE001 - whatever is wrong, it is not a job's record
         return None
+    seed = settings.get("seed") if isinstance(settings, dict) else None
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
+        return None
+    return (settings, objective) if math.isfinite(objective) else None
 
 
 def save_contact_sheet(path: Path, pictures: Sequence[tuple[str, Path]],

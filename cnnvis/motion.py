@@ -1,5 +1,6 @@
-"""Moving pictures between frames: the zoom sequence's camera move, and a dream carried
-along a video's motion by optical flow. Images here are float32 (H, W, 3) arrays.
+"""Moving pictures between frames: the zoom sequence's camera move and a dream carried along
+a video's motion by optical flow, on float32 (H, W, 3) arrays; and a video's frames turned
+upright.
 
 OpenCV does the resampling and the flow (DIS: Kroeger et al., "Fast Optical Flow using
 Dense Inverse Search", ECCV 2016). Pixels that come in from outside the frame are
@@ -60,3 +61,20 @@ def carry_along_flow(values: np.ndarray, previous_grey: np.ndarray, current_grey
 def grey(rgb: np.ndarray) -> np.ndarray:
     """uint8 grey (H, W) of uint8 RGB (H, W, 3), what the flow is computed on."""
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+
+
+def upright(rgb: np.ndarray, matrix: np.ndarray | None) -> np.ndarray:
+    """A decoded frame as a player shows it: turned a quarter turn at a time and mirrored as
+    its display matrix says, which maps a pixel (x, y) to (a x + c y, b x + d y) (another
+    angle is taken as the nearest quarter turn)."""
+    if matrix is None:
+        return rgb
+    a, b, _, c, d = (int(value) for value in matrix[:5])
+    if abs(a) + abs(d) >= abs(b) + abs(c):   # x stays x: at most mirrored
+        out = rgb[:, ::-1] if a < 0 else rgb
+        out = out[::-1] if d < 0 else out
+    else:                                    # x becomes y: a quarter turn
+        out = rgb.transpose(1, 0, 2)
+        out = out[::-1] if b < 0 else out
+        out = out[:, ::-1] if c < 0 else out
+    return out if out is rgb else np.ascontiguousarray(out)

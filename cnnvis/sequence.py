@@ -9,18 +9,24 @@ import dataclasses
 import re
 import sys
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 from cnnvis.animation import plan_sequence, video_dream_frames, zoom_frames
 from cnnvis.errors import NonFiniteImage, UserError
-from cnnvis.frames import FrameStore, recorded_settings
+from cnnvis.frames import FrameStore, recorded_frames, recorded_seed
 from cnnvis.ownership import check_own_folder
-from cnnvis.plan import new_seed
+from cnnvis.plan import check_memory, new_seed, plan_sizes
 from cnnvis.recording import pixel_settings
 from cnnvis.report import ConsoleObserver, describe_dream, parse_actions
 from cnnvis.request import Outcome, Request, read_inputs
+from cnnvis.settings import DreamOptions
 from cnnvis.signals import signals_deferred
-from cnnvis.video import DEFAULT_FPS, VideoInput, check_video_output, video_writer
+from cnnvis.video import (DEFAULT_FPS, VideoInput, VideoWriteError, check_video_output,
+                          video_writer)
 from cnnvis.zoo import select_device
+
+if TYPE_CHECKING:
+    import torch
 
 # A frame, or an intermediate picture of one (`save`): 000001.png, 000001_1_50.png.
 FRAME_FILE = re.compile(r"\d{6}(_\d+_\d+)?\.png")
@@ -62,15 +68,19 @@ def write_sequence(request: Request) -> Outcome:
     inputs = read_inputs(command, output)
     with contextlib.ExitStack() as stack:
         video = stack.enter_context(VideoInput(command.input_video)) if command.input_video else None
-        photo_size = video.size if video else None if inputs.photo is None else inputs.photo.shape[:2]
         device = select_device(command.gpu)
         spec = request.model_spec(inputs.mean_bgr, device)
+        if video:
+            check_frame_memory(options, video.declared_size, spec.input_size(), device)
+            video.check_first_frame()
+        photo_size = video.size if video else None if inputs.photo is None else inputs.photo.shape[:2]
 
         seed = command.seed
         store_folder = output.with_name(f"{output.stem}_frames")
-        recorded = recorded_settings(store_folder) if command.resume else {}
+        recorded = recorded_frames(store_folder) if command.resume else {}
         if seed is None:
-            seed = next(iter(recorded.values()))["seed"] if recorded else new_seed()
+            seed = recorded_seed(recorded)
+            seed = new_seed() if seed is None else seed
             request = request.with_seed(seed)
         plan = plan_sequence({**dataclasses.asdict(options), **dataclasses.asdict(animation)},
                              photo_size=photo_size,
@@ -81,7 +91,7 @@ def write_sequence(request: Request) -> Outcome:
         store = FrameStore(output, command.output_depth, png_text,
                            pixel_settings(request.command, options, animation, seed=seed))
         if command.resume:
-            store.check_resumable()
+            store.check_resumable(plan.first.sizes[-1])
         store.check_writable()
         check_own_folder(store.folder, FRAME_FILE, "the frames")
 
@@ -113,24 +123,36 @@ def write_sequence(request: Request) -> Outcome:
 
         writer = stack.enter_context(video_writer(output, fps, video, sound_from))
         stopped: BaseException | None = None
+        finished = 0   # the frames in the folder
         try:
             for frame in sequence:
-                if frame.picture is not None:
-                    with signals_deferred():   # a signal now waits for the file to be complete
+                # A signal now waits until the frame is in the folder and in the video.
+                with signals_deferred():
+                    if frame.picture is not None:
                         store.save(frame.number, frame.rgb)
-                writer.write(frame.rgb)
+                    finished += 1
+                    writer.write(frame.rgb)
                 observer.frame_done(frame.number)
-        except (UserError, KeyboardInterrupt) as stop:   # the finished frames make the video
-            stopped = stop
+        except (UserError, KeyboardInterrupt, VideoWriteError) as stop:
+            stopped = stop   # the finished frames make the video
         finally:
             observer.close()
-        with signals_deferred():
-            stack.close()   # the video is complete and in place
+        unwritten: UserError | None = None
+        try:
+            with signals_deferred():
+                stack.close()   # the video is complete and in place
+        except UserError as error:   # it is not: its disk is full, say
+            unwritten = error
+    if unwritten is not None:
+        cause = stopped if isinstance(stopped, UserError) else unwritten
+        raise UserError(f"{cause}; the {finished} finished frame(s) are in {store.folder}, and "
+                        f"{output} is not written: run again with --resume to make it from "
+                        "them") from None
     if stopped is not None and writer.count == 0:
         raise stopped   # nothing was made: as for a single picture
     if writer.count == 0:
-        raise UserError(f"{video.path} has no frames from --start_frame {command.start_frame} on; "
-                        "give a --start_frame within the video.")
+        raise UserError(f"{video.path} has no frames from --start_frame {command.start_frame} on"
+                        f"{_decodable(video)}; give a --start_frame within the video.")
     done = f"the {writer.count} finished frame(s) are in {store.folder} and {output}"
     if isinstance(stopped, KeyboardInterrupt):
         return Outcome(f"{done} (--resume continues).", stopped)
@@ -140,3 +162,22 @@ def write_sequence(request: Request) -> Outcome:
     if stopped is not None:
         raise UserError(f"{stopped}; {done}.") from None
     return Outcome(f"wrote {output} ({writer.count} frames; each is also in {store.folder})")
+
+
+def check_frame_memory(options: DreamOptions, declared: tuple[int, int] | None,
+                       input_size: tuple[int, int], device: torch.device) -> None:
+    """Refuse, before a frame is decoded, a video whose frames this machine's memory cannot
+    dream: the sizes planned from the frame size that the video declares. (Other problems
+    of the sizes are said once frame 1 is decoded and turned upright.)"""
+    if declared is None:
+        return
+    try:
+        sizes = plan_sizes(options, declared, input_size)
+    except UserError:
+        return
+    check_memory(sizes, device)
+
+
+def _decodable(video: VideoInput) -> str:
+    count = video.decoded_count
+    return "" if count is None or count == video.frame_count else f" (only {count} can be decoded)"

@@ -9,18 +9,24 @@ and re-encoded (AAC in MP4, Opus in WebM) where it cannot.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+from av.sidedata.sidedata import Type as SideData
 from PIL import Image
 
 from cnnvis.errors import UserError
 from cnnvis.files import open_input
 from cnnvis.imageio import PathLike, atomic_write, check_writable_output
+from cnnvis.motion import upright
 from cnnvis.settings import VIDEO_SUFFIXES
+from cnnvis.sizes import MAX_PIXELS
+
+logger = logging.getLogger("cnnvis")
 
 # Output suffix -> (FFmpeg container, video encoder, its options, audio codecs the
 # container takes as they are, the audio encoder for any other).
@@ -31,6 +37,12 @@ CONTAINERS = {
               {"opus", "vorbis"}, "libopus"),
 }
 DEFAULT_FPS = Fraction(24)
+# Stills in a video's clothes: FFmpeg's still-image demuxers (a PNG renamed .mp4), HEIF and
+# AVIF photos, and a file of a single frame of a still image's codec.
+STILL_FORMATS, STILL_BRANDS = {"image2", "image2pipe"}, {"avif", "heic", "heix", "mif1"}
+STILL_CODECS = {"mjpeg", "png", "apng", "gif", "webp", "bmp", "tiff", "jpeg2000", "jpegls",
+                "jpegxl", "ppm", "pgm", "pbm", "pam", "qoi", "targa", "sgi", "exr", "dpx",
+                "pcx", "hdr", "xbm", "xpm", "xwd", "sunrast", "photocd", "psd", "ljpeg"}
 
 
 def check_video_output(path: PathLike) -> None:
@@ -43,21 +55,22 @@ def check_video_output(path: PathLike) -> None:
 
 
 class VideoInput:
-    """A video file opened for reading: its frame rate, size, frame count where the file
-    says it, and its frames as uint8 RGB (H, W, 3), decoded one at a time.
+    """A video file opened for reading: its frame rate, the frame size and count it declares,
+    and its frames as uint8 RGB (H, W, 3), decoded one at a time and turned upright.
 
-    Every problem with the file is a UserError naming it; a video whose first frame
-    cannot be decoded is refused when opened, before any work.
-    """
+    Opening decodes nothing (the caller checks the memory with `declared_size`, a size
+    beyond MAX_PIXELS refused here); `check_first_frame()` then decodes frame 1. Every
+    problem with the file is a UserError naming it."""
 
     def __init__(self, path: PathLike):
         self.path = Path(path)
         self._file = open_input(path, "video", "--input_video")
         try:
             self._container = av.open(self._file, mode="r")
-            if self._container.format.name == "image2" or self._container.format.name.endswith("_pipe"):
-                raise UserError(f"'{path}' (--input_video) is a still image, not a video; give "
-                                "it with --initial_image (with --frames N for a zoom sequence)")
+            name = self._container.format.name
+            if name in STILL_FORMATS or name.endswith("_pipe") or (
+                    self._container.metadata.get("major_brand") in STILL_BRANDS):
+                raise self._still()
             if not self._container.streams.video:
                 raise self._no_frames()
             stream = self._container.streams.video[0]
@@ -65,30 +78,82 @@ class VideoInput:
             self.fps: Fraction = Fraction(stream.average_rate or stream.guessed_rate or DEFAULT_FPS)
             self.frame_count: int | None = stream.frames or None
             self.has_audio = bool(self._container.streams.audio)
-            first = next(self.frames(1, 1), None)
+            height, width = stream.codec_context.height, stream.codec_context.width
         except av.FFmpegError as error:
             self.close()
             raise self._error(error) from None
         except BaseException:
             self.close()
             raise
-        if first is None:
+        if height * width > MAX_PIXELS:
             self.close()
-            raise self._no_frames()
-        self.size: tuple[int, int] = first[1].shape[:2]   # (height, width)
+            raise UserError(f"'{path}' (--input_video) declares frames of {width}x{height} "
+                            f"pixels, more than cnn-vis can hold (at most {MAX_PIXELS}); give "
+                            "a smaller video (scale it down first), or check that it is not "
+                            "damaged")
+        # (height, width) as stored, before any turn (None: the header does not say)
+        self.declared_size: tuple[int, int] | None = (height, width) if height * width else None
+        self.size: tuple[int, int] | None = None   # (height, width) upright, from frame 1
+        self.decoded_count: int | None = None       # the frames there are, once read to the end
+
+    def check_first_frame(self) -> None:
+        """Decode frame 1 (and a second of an image codec's), refusing a file none of whose
+        frames decode and a single picture; `size` becomes frame 1's, upright."""
+        frames = self._decoded()
+        try:
+            first = next(frames, None)
+            if first is None:
+                raise self._no_frames()
+            codec = self._container.streams.video[0].codec_context.name
+            if codec in STILL_CODECS and next(frames, None) is None:
+                raise self._still()
+        finally:
+            frames.close()
+        self.size = first[1].shape[:2]
 
     def frames(self, start: int, end: int | None) -> Iterator[tuple[int, np.ndarray]]:
-        """(number from 1, uint8 RGB (H, W, 3)) of frames start..end."""
+        """(number from 1, uint8 RGB (H, W, 3)) of frames start..end. A file that ends
+        before the frame count it declares gives the frames it has, with a warning."""
+        number = 0
+        for number, rgb in self._decoded():
+            if end is not None and number > end:
+                return
+            if number >= start:
+                yield number, rgb
+        if self.frame_count and start <= number < self.frame_count:
+            logger.warning(f"cnn-vis: '{self.path}' (--input_video) declares "
+                           f"{self.frame_count} frames, but only {number} can be decoded (the "
+                           "file is cut short or damaged); the output has the frames that decode.")
+        self.decoded_count = number
+
+    def _decoded(self) -> Iterator[tuple[int, np.ndarray]]:
+        """Every frame that decodes, upright, numbered from 1; damaged packets are skipped
+        (as players do), and a file of which nothing decodes is an error."""
         self._container.seek(0)
         stream = self._container.streams.video[0]
+        number, damage = 0, None
         try:
-            for number, frame in enumerate(self._container.decode(stream), start=1):
-                if end is not None and number > end:
-                    return
-                if number >= start:
-                    yield number, frame.to_ndarray(format="rgb24")
-        except av.FFmpegError as error:
-            raise self._error(error) from None
+            for packet in self._container.demux(stream):
+                try:
+                    decoded = packet.decode()
+                except av.FFmpegError as error:
+                    damage = damage or error
+                    continue
+                for frame in decoded:
+                    number += 1
+                    # The display matrix of its stream (a phone's orientation), FFmpeg's
+                    # int32 a b u / c d v / x y w.
+                    matrix = next((np.frombuffer(bytes(data), np.int32) for data in
+                                   frame.side_data if data.type == SideData.DISPLAYMATRIX), None)
+                    yield number, upright(frame.to_ndarray(format="rgb24"), matrix)
+        except av.FFmpegError as error:   # the rest of the file cannot be read
+            damage = damage or error
+        if number == 0 and damage is not None:
+            raise self._error(damage) from None
+
+    def _still(self) -> UserError:
+        return UserError(f"'{self.path}' (--input_video) is a still image, not a video; give "
+                         "it with --initial_image (with --frames N for a zoom sequence)")
 
     def _no_frames(self) -> UserError:
         return UserError(f"'{self.path}' (--input_video) has no video frames; give a video file "
@@ -122,8 +187,8 @@ def eight_bits(rgb: np.ndarray) -> np.ndarray:
 def video_writer(path: PathLike, fps: Fraction, sound: VideoInput | None = None,
                  sound_from: float = 0.0) -> Iterator["VideoWriter | GifWriter"]:
     """A writer of frames into `path` (.mp4, .webm or .gif), which appears only when the
-    block ends, holding every frame written (none at all: no file). `sound`: a video whose audio, from
-    `sound_from` seconds on, goes with the frames."""
+    block ends, holding every frame written (none at all, or a file that took no more bytes:
+    no file). `sound`: a video whose audio, from `sound_from` seconds on, goes along."""
     with contextlib.suppress(_NoFrames), atomic_write(path) as file:
         if Path(path).suffix.lower() == ".gif":
             writer = GifWriter(file, fps)
@@ -134,14 +199,43 @@ def video_writer(path: PathLike, fps: Fraction, sound: VideoInput | None = None,
         except BaseException:
             writer.abandon()
             raise
-        if writer.count == 0:   # nothing to show: no file, and an older one stays
+        if writer.error is not None or writer.count == 0:   # an older file stays
             writer.abandon()
-            raise _NoFrames
+            raise writer.error or _NoFrames()
         writer.finish()
 
 
 class _NoFrames(Exception):
     pass
+
+
+class VideoWriteError(Exception):
+    """The video's file took no more bytes (a full disk); the writer's block then ends in
+    the UserError that names the file and the cause."""
+
+
+class _Output:
+    """The file a video is encoded into, which after its first failure (`error`) takes and
+    says nothing more: FFmpeg's later writes (the trailer's) pile up no exceptions."""
+
+    def __init__(self, file):
+        self._file = file
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        if self.error is None:
+            try:
+                return self._file.write(data)
+            except OSError as error:
+                self.error = error
+                raise
+        return len(data)
+
+    def seek(self, *args) -> int:
+        return self._file.seek(*args)
+
+    def tell(self) -> int:
+        return self._file.tell()
 
 
 class VideoWriter:
@@ -153,25 +247,37 @@ class VideoWriter:
         self.format, self.codec, self.codec_options, self.copyable, self.audio_codec = \
             CONTAINERS[suffix]
         self.fps = Fraction(fps).limit_denominator(1001)
-        self._container = av.open(file, mode="w", format=self.format)
+        self._output = _Output(file)
+        self._container = av.open(self._output, mode="w", format=self.format)
         self._stream = None
         self._sound = _Sound(sound, sound_from, self.copyable, self.audio_codec) if (
             sound is not None and sound.has_audio) else None
         self.count = 0
 
+    @property
+    def error(self) -> OSError | None:   # why the file takes no more bytes
+        return self._output.error
+
     def write(self, rgb: np.ndarray) -> None:
         """Append a frame (uint8 or uint16 RGB); the first frame decides the video's size,
         cropped to even sides (yuv420p halves the colour resolution)."""
         rgb = eight_bits(rgb)
-        if self._stream is None:
-            self._open(rgb.shape[0] // 2 * 2, rgb.shape[1] // 2 * 2)
-        frame = av.VideoFrame.from_ndarray(
-            np.ascontiguousarray(rgb[:self._stream.height, :self._stream.width]), format="rgb24")
-        frame.pts = self.count
-        self._container.mux(self._stream.encode(frame))
-        self.count += 1
-        if self._sound is not None:
-            self._sound.copy_frames(self.count)
+        try:
+            if self.error is not None:
+                raise self.error
+            if self._stream is None:
+                self._open(rgb.shape[0] // 2 * 2, rgb.shape[1] // 2 * 2)
+            rgb = np.ascontiguousarray(rgb[:self._stream.height, :self._stream.width])
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = self.count
+            self._container.mux(self._stream.encode(frame))
+            self.count += 1
+            if self._sound is not None:
+                self._sound.copy_frames(self.count)
+        except (OSError, av.FFmpegError) as error:
+            if self.error is None:
+                raise
+            raise VideoWriteError(str(self.error)) from error
 
     def _open(self, height: int, width: int) -> None:
         self._stream = self._container.add_stream(self.codec, rate=self.fps)
@@ -182,11 +288,17 @@ class VideoWriter:
             self._sound.add_stream(self._container)
 
     def finish(self) -> None:
-        if self._stream is not None:
-            self._container.mux(self._stream.encode(None))
-            if self._sound is not None:
-                self._sound.finish()
-        self._container.close()
+        try:
+            if self._stream is not None:
+                self._container.mux(self._stream.encode(None))
+                if self._sound is not None:
+                    self._sound.finish()
+            self._container.close()
+        except (OSError, av.FFmpegError):
+            if self.error is None:
+                raise
+        if self.error is not None:   # the video is not whole
+            raise self.error
 
     def abandon(self) -> None:
         with contextlib.suppress(Exception):
@@ -271,6 +383,7 @@ class GifWriter:
         self._duration_ms = round(1000 / float(fps))
         self._frames: list[Image.Image] = []
         self.count = 0
+        self.error = None   # Pillow writes the file at the end, where its errors come
 
     def write(self, rgb: np.ndarray) -> None:
         self._frames.append(Image.fromarray(eight_bits(rgb)).quantize(

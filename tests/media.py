@@ -1,7 +1,9 @@
 """Small videos for the tests, made with PyAV: a textured square moving over a still
-textured background, with a sine tone."""
+textured background, with a sine tone; and videos that lie: cut short, or declaring
+another frame size than they hold."""
 from __future__ import annotations
 
+import struct
 from fractions import Fraction
 from pathlib import Path
 
@@ -30,11 +32,16 @@ def moving_square_frames(count: int, size: tuple[int, int], speed: int, side: in
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: int = 10, tone: bool = True,
-                codec: str = "libx264") -> Path:
-    """An MP4 (H.264, near-lossless) of `frames`, with a 440 Hz AAC tone as long as the frames."""
-    with av.open(str(path), "w") as container:
+                codec: str = "libx264", rotation: float | None = None,
+                faststart: bool = False) -> Path:
+    """An MP4 (H.264, near-lossless) of `frames`, with a 440 Hz AAC tone as long as the frames.
+    `rotation`: the display matrix's turn, in degrees anticlockwise (PyAV's convention; a
+    phone held upright records -90); `faststart`: the index before the frames."""
+    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.height, stream.width = frames[0].shape[:2]
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
         stream.pix_fmt = "yuv444p" if codec == "libx264" else "yuv420p"
         stream.options = {"crf": "0"} if codec == "libx264" else {}
         audio = container.add_stream("aac", rate=SAMPLE_RATE) if tone else None
@@ -68,3 +75,34 @@ def read_video(path: Path) -> tuple[list[np.ndarray], Fraction, float | None]:
         audio = container.streams.audio[0]
         samples = sum(frame.samples for frame in container.decode(audio))
         return frames, rate, samples / audio.codec_context.sample_rate
+
+
+def cut_short(path: Path, keep: int) -> Path:
+    """`path` (a faststart MP4, whose header declares every frame) cut in the middle of the
+    packet of frame `keep` + 1: `keep` frames decode."""
+    with av.open(str(path)) as container:
+        packets = [packet for packet in container.demux(container.streams.video[0]) if packet.size]
+    cut = packets[keep]
+    data = path.read_bytes()
+    path.write_bytes(data[:cut.pos + cut.size // 2])
+    return path
+
+
+def avi_declaring(path: Path, size: tuple[int, int], frames: int = 3) -> Path:
+    """An AVI of raw 16x16 frames whose headers declare frames of `size` (height, width)."""
+    with av.open(str(path), "w", format="avi") as container:
+        stream = container.add_stream("rawvideo", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "bgr24"
+        for index in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    data = bytearray(path.read_bytes())
+    height, width = size
+    avih = data.index(b"avih") + 8                 # dwWidth, dwHeight are its 9th and 10th
+    struct.pack_into("<ii", data, avih + 32, width, height)
+    strf = data.index(b"strf") + 8                 # BITMAPINFOHEADER: biSize, biWidth, biHeight
+    struct.pack_into("<ii", data, strf + 4, width, -height)   # negative: rows top-down
+    path.write_bytes(bytes(data))
+    return path
