@@ -34,7 +34,8 @@ def load_model(name: str = default("model"), *, deploy_txt: str | Path | None = 
     """A network ready to dream with: a preset by `name` (see `cnnvis.zoo.PRESETS`), or Caffe
     files (`deploy_txt`, `caffe_model`) that replace the preset's.
 
-    `device`: None for the GPU when there is one, else the CPU. `backend`: "torch", or
+    `device`: None for the GPU when there is one, else the CPU; or "cpu", "cuda:N", "mps"
+    (one this machine lacks is a UserError naming those it has). `backend`: "torch", or
     "caffe" for real Caffe (pycaffe). `mean_bgr` replaces the model's mean colour.
     `precision`: "fp32", or "bf16" (CUDA, or a CPU with AVX-512 BF16) or "fp16" (CUDA) for
     faster, less exact network work; the image and the optimiser stay float32.
