@@ -47,7 +47,7 @@ def test_bf16_gradient_points_the_way_of_float64(lite0_gradients):
 @needs_bf16
 @pytest.mark.xfail(strict=True, reason="issue 15's accuracy target, not reached: rounding the "
                    "forward pass's early activations changes which units the ReLU6s pass "
-                   "(see README, Performance)")
+                   "(see docs/performance.md)")
 def test_bf16_gradient_cosine_reaches_the_target(lite0_gradients):
     assert _cosine(lite0_gradients["bf16"], lite0_gradients["float64"]) >= 0.99
 
