@@ -23,7 +23,7 @@ _PUBLIC = {
     "JobResult": "cnnvis.jobs", "ModelSpec": "cnnvis.zoo",
     "make": "cnnvis.workflows", "replay": "cnnvis.workflows", "list_layers": "cnnvis.workflows",
     "list_models": "cnnvis.workflows", "classify": "cnnvis.workflows",
-    "download": "cnnvis.workflows", "Outcome": "cnnvis.request",
+    "download": "cnnvis.workflows", "layer_gallery": "cnnvis.workflows", "Outcome": "cnnvis.request",
 }
 __all__ = list(_PUBLIC)
 

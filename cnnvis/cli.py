@@ -68,6 +68,10 @@ def run(options: dict[str, object], argv: list[str]) -> int:
     """One command: a model tool, or what the options make."""
     model = {name: options[name] for name in ("model", "deploy_txt", "caffe_model", "gpu",
                                               "backend", "precision") if name in options}
+    if options.get("layer_gallery"):
+        print(workflows.layer_gallery(**{k: v for k, v in model.items()
+                                         if k in ("model", "deploy_txt", "caffe_model", "gpu")}))
+        return 0
     if options.get("list_recipes"):
         for name, description, tuned in workflows.list_recipes():
             print(f"{name:10} {description} (tuned for {', '.join(tuned)})")

@@ -321,6 +321,10 @@ class CommandOptions:
         GROUPS[11], recorded=False, replayed=False)
     classify: str | None = option(None, str, "print the model's top 5 classes for IMAGE",
                                   GROUPS[11], metavar="IMAGE", recorded=False, applies="tool", path=True)
+    layer_gallery: bool = option(False, bool, "make (once; cached in $CNN_VIS_HOME) a contact "
+                                 "sheet of what each layer of the model does to a photo and "
+                                 "to noise, and print its path", GROUPS[11], recorded=False,
+                                 applies="tool")
     list_recipes: bool = option(False, bool, "list the recipes (--recipe) with what each makes",
                                 GROUPS[11], recorded=False, applies="tool")
     list_models: bool = option(False, bool, "list the model presets", GROUPS[11], recorded=False, applies="tool")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnvis import zoo
+from cnnvis import gallery, zoo
 from cnnvis.arguments import parse
 from cnnvis.batch import write_jobs
 from cnnvis.errors import UserError
@@ -84,6 +84,15 @@ def replay(png: str | Path, *, command_line: Sequence[str] = (), **options) -> O
 
 
 # --------------------------------------------------------------------------- model tools
+
+
+def layer_gallery(model: str = default("model"), deploy_txt: str | None = None,
+                  caffe_model: str | None = None, gpu: int = default("gpu")) -> Path:
+    """The cached contact sheet of what each layer of a model does (`cnnvis.gallery`)."""
+    request = Request.from_keywords(None, model=model, deploy_txt=deploy_txt,
+                                    caffe_model=caffe_model, gpu=gpu)
+    loaded = request.model_spec(None, zoo.select_device(gpu)).load()
+    return gallery.layer_gallery(loaded, own_network=request.command.deploy_txt is not None)
 
 
 def list_recipes() -> list[tuple[str, str, list[str]]]:

@@ -1,0 +1,65 @@
+"""The layer gallery: what each targetable layer of a model does, to a standard photo and
+from noise, as one contact sheet with the layer names. Made once per model and cached in
+the cache folder ($CNN_VIS_HOME), so that choosing a layer is a look, not an experiment.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import skimage.data
+
+from cnnvis import api
+from cnnvis.download import cache_dir
+from cnnvis.imageio import make_folder, save_png
+from cnnvis.jobfiles import save_contact_sheet
+from cnnvis.model import VisModel
+from cnnvis.pixels import resize_rgb
+from cnnvis.recipes import recipe_options
+from cnnvis.settings import DreamOptions
+
+GALLERY_STEPS = 10
+VERSION = "2"   # of the gallery's settings: a change makes every cached sheet anew
+
+
+def layer_gallery(model: VisModel, *, own_network: bool = False, seed: int = 0) -> Path:
+    """The contact sheet of `model`'s layers (a cached PNG): each layer with a spatial
+    extent, amplified with the `dream` recipe's strengths on skimage's coffee photo and
+    from noise, for a few steps at the network's input size."""
+    dream_names = {f.name for f in dataclasses.fields(DreamOptions)}
+    tuned = {name: value for name, value in recipe_options("dream", model.name, own_network).items()
+             if name in dream_names and name not in ("initial_size", "final_size", "num_sizes",
+                                                     "num_steps", "target_layer")}
+    layers = [name for name, shape in model.layers() if len(shape) == 3 and min(shape[1:]) > 1]
+    key = hashlib.sha256(repr((VERSION, model.name, layers, sorted(tuned.items()),
+                               seed)).encode()).hexdigest()[:12]
+    folder = cache_dir() / "gallery" / f"{model.name}-{key}"
+    sheet = folder / "gallery.png"
+    if sheet.is_file():
+        return sheet
+    make_folder(folder, "the gallery's folder")
+    photo = resize_rgb(_square(skimage.data.coffee()), model.input_size)
+    pictures = []
+    for number, layer in enumerate(layers):
+        for start, image in (("photo", photo), ("noise", None)):
+            path = folder / f"{number:03d}-{start}.png"
+            if not path.is_file():
+                # From noise the pattern is faint: its range is stretched to be seen.
+                picture = api.render(image, model, seed=seed, target_layer=layer,
+                                     num_steps=GALLERY_STEPS, output_iter=GALLERY_STEPS,
+                                     **{**tuned, "rescale_image": image is None})
+                save_png(path, picture.rgb())
+            pictures.append((f"{layer} {start}", path))
+    save_contact_sheet(sheet, pictures, {"Software": "cnn-vis", "cnn-vis:model": model.name})
+    return sheet
+
+
+def _square(rgb: np.ndarray) -> np.ndarray:
+    """The centre square of a photo."""
+    height, width = rgb.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return rgb[top:top + side, left:left + side]
+
