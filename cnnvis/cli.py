@@ -86,9 +86,10 @@ def run(options: dict[str, object], argv: list[str]) -> int:
         print(f"{options['download']}: {path or 'weights come with the installed Python package'}")
         return 0
     if options.get("list_layers"):
-        for name, shape in workflows.list_layers(**{k: v for k, v in model.items()
-                                                    if k in ("model", "deploy_txt")}):
-            print(f"{name:40} {' x '.join(str(d) for d in shape)}")
+        which = {k: v for k, v in model.items() if k in ("model", "deploy_txt")}
+        notes = workflows.layer_notes(**which)
+        for name, shape in workflows.list_layers(**which):
+            print(f"{name:40} {' x '.join(str(d) for d in shape):16} {notes.get(name, '')}".rstrip())
         return 0
     if options.get("backend", default("backend")) == "torch":
         keep_freed_memory()   # faster on a CPU (see its docstring); a process-wide choice

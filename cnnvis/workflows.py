@@ -114,6 +114,14 @@ def download(name: str) -> Path | None:
     return zoo.download(zoo.preset(name))
 
 
+def layer_notes(model: str = default("model"), deploy_txt: str | None = None) -> dict[str, str]:
+    """What amplifying each layer of a preset looks like (from its layer gallery); none for a
+    network of one's own."""
+    if deploy_txt:
+        return {}
+    return zoo.looks_like(zoo.preset(model), [name for name, _ in list_layers(model)])
+
+
 def list_layers(model: str = default("model"), deploy_txt: str | None = None
                 ) -> list[tuple[str, tuple[int, ...]]]:
     """(name, shape) of every targetable blob of a model, from its architecture alone (no

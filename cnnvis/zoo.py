@@ -63,6 +63,9 @@ class ModelPreset:
     # For non-GoogLeNet models: the blob corresponding to a GoogLeNet blob name, if any.
     googlenet_counterpart: Callable[[str], str | None] | None = None
     caffe_root_files: tuple[str, str] | None = None  # 2015 locations under $CAFFE_ROOT
+    # What amplifying a layer looks like, by the first blob name it applies to (in network
+    # order), written from the layer gallery (--layer_gallery).
+    looks_like: tuple[tuple[str, str], ...] = ()
 
 
 PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
@@ -100,9 +103,25 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
         pytorch_network=lambda pretrained: (load_efficientnet_lite0() if pretrained
                                             else EfficientNetLite0()),
         convention=InputConvention(channel_order="RGB", offset=(127.0, 127.0, 127.0), scale=128.0),
-        googlenet_counterpart=googlenet_counterpart),
+        googlenet_counterpart=googlenet_counterpart,
+        looks_like=(("stem", "fine grain and colour noise"), ("stage2/block1", "woven textures"),
+                    ("stage4/block1", "swirls and scales"),
+                    ("stage5/block1", "swirls, the first eyes"),
+                    ("stage6/block1", "eyes and animal faces"),
+                    ("pool", "no spatial extent (not in the gallery)"))),
 ]}
 DEFAULT_MODEL = default("model")
+
+
+def looks_like(model: ModelPreset, layers: list[str]) -> dict[str, str]:
+    """Each of `layers` (a preset's blobs, in network order) with what amplifying it looks like,
+    where the preset says."""
+    notes, note = {}, ""
+    marks = dict(model.looks_like)
+    for layer in layers:
+        note = marks.get(layer, note)
+        notes[layer] = note
+    return notes
 
 
 def preset(name: str) -> ModelPreset:

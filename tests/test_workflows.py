@@ -79,3 +79,12 @@ def test_loading_a_model_leaves_malloc_alone(monkeypatch):
     cnnvis.ModelSpec("efficientnet_lite0", device="cpu", keep_freed_memory=True).load()
     assert calls == []   # only a worker process (or the caller) makes that choice
     np.testing.assert_equal(engine.keeps_freed_memory() in (True, False), True)
+
+
+def test_list_layers_says_what_a_presets_layers_look_like(model_files, capsys):
+    notes = cnnvis.workflows.layer_notes("efficientnet_lite0")
+    assert "swirls" in notes["stage4/block3"] and "eyes" in notes["stage6/block2"]
+    assert cnnvis.workflows.layer_notes(deploy_txt=str(model_files[0])) == {}
+    assert main(["--model", "efficientnet_lite0", "--list_layers"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[8].split()[0] == "stage4/block3" and lines[8].endswith("swirls and scales")
