@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cnnvis.errors import UserError
-from cnnvis.recording import recorded_argv
+from cnnvis.recording import option_flags, recorded_argv
 from cnnvis.settings import GROUPS, OPTION_CLASSES, VIDEO_SUFFIXES, option_names, option_settings
 
 logger = logging.getLogger("cnnvis")
@@ -116,7 +116,7 @@ def replayed_argv(png: str, argv: list[str]) -> list[str]:
     kept: list[str] = []
     for name, value in recorded.items():
         if name not in NEVER_REPLAYED and name not in given_names:
-            kept += [f"--{name}"] if value is True else [f"--{name}", str(value)]
+            kept += option_flags(name, value)
     if "output_file" not in given_names:
         kept += ["--output_file", str(_new_output(png, recorded.get("output_file")))]
     replay_argv = kept + given

@@ -24,17 +24,21 @@ GALLERY_STEPS = 10
 VERSION = "2"   # of the gallery's settings: a change makes every cached sheet anew
 
 
-def layer_gallery(model: VisModel, *, own_network: bool = False, seed: int = 0) -> Path:
+def layer_gallery(model: VisModel, *, own_network: bool = False, seed: int = 0,
+                  files: tuple[str, ...] = ()) -> Path:
     """The contact sheet of `model`'s layers (a cached PNG): each layer with a spatial
     extent, amplified with the `dream` recipe's strengths on skimage's coffee photo and
-    from noise, for a few steps at the network's input size."""
+    from noise, for a few steps at the network's input size. `files` are the network's
+    own files, if any: a sheet is made again when one of them changes."""
     dream_names = {f.name for f in dataclasses.fields(DreamOptions)}
     tuned = {name: value for name, value in recipe_options("dream", model.name, own_network).items()
              if name in dream_names and name not in ("initial_size", "final_size", "num_sizes",
                                                      "num_steps", "target_layer")}
     layers = [name for name, shape in model.layers() if len(shape) == 3 and min(shape[1:]) > 1]
-    key = hashlib.sha256(repr((VERSION, model.name, layers, sorted(tuned.items()),
-                               seed)).encode()).hexdigest()[:12]
+    identity = [(str(Path(file).resolve()), Path(file).stat().st_size,
+                 Path(file).stat().st_mtime_ns) for file in files]
+    key = hashlib.sha256(repr((VERSION, model.name, layers, sorted(tuned.items()), seed,
+                               identity)).encode()).hexdigest()[:12]
     folder = cache_dir() / "gallery" / f"{model.name}-{key}"
     sheet = folder / "gallery.png"
     if sheet.is_file():

@@ -24,6 +24,11 @@ NOT_REPLAYED = frozenset(option_names(replayed=False))
 RECORDED_PATHS = tuple(name for name in option_names(path=True) if name not in NOT_RECORDED)
 
 
+def option_flags(name: str, value: object) -> list[str]:
+    """The command-line words that give option `name` the value `value`."""
+    return [f"--{name}"] if value is True else [f"--{name}", str(value)]
+
+
 def option_argv(*settings) -> list[str]:
     """The command-line options that give these settings (those not at their default)."""
     argv = []
@@ -31,7 +36,7 @@ def option_argv(*settings) -> list[str]:
         for field in dataclasses.fields(options):
             value = getattr(options, field.name)
             if value != field.default and field.name not in NOT_REPLAYED:
-                argv += [f"--{field.name}"] if value is True else [f"--{field.name}", str(value)]
+                argv += option_flags(field.name, value)
     return argv
 
 

@@ -25,6 +25,7 @@ from cnnvis.files import expanded, image_files
 from cnnvis.imageio import load_mean_colour, load_rgb
 from cnnvis.picture import write_picture
 from cnnvis.recipes import RECIPES
+from cnnvis.recording import option_flags
 from cnnvis.request import Outcome, Request
 from cnnvis.sequence import write_sequence
 from cnnvis.settings import VIDEO_SUFFIXES, default
@@ -78,7 +79,7 @@ def replay(png: str | Path, *, command_line: Sequence[str] = (), **options) -> O
     `options` (keywords) or `command_line` (flags) given beside it applying last."""
     flags = [*command_line]
     for name, value in options.items():
-        flags += [f"--{name}"] if value is True else [f"--{name}", str(value)]
+        flags += option_flags(name, value)
     values, argv = parse(["--replay", str(png), *flags])
     return make(command_line=argv, **values)
 
@@ -92,7 +93,9 @@ def layer_gallery(model: str = default("model"), deploy_txt: str | None = None,
     request = Request.from_keywords(None, model=model, deploy_txt=deploy_txt,
                                     caffe_model=caffe_model, gpu=gpu)
     loaded = request.model_spec(None, zoo.select_device(gpu)).load()
-    return gallery.layer_gallery(loaded, own_network=request.command.deploy_txt is not None)
+    files = tuple(file for file in (request.command.deploy_txt, request.command.caffe_model) if file)
+    return gallery.layer_gallery(loaded, own_network=request.command.deploy_txt is not None,
+                                 files=files)
 
 
 def list_recipes() -> list[tuple[str, str, list[str]]]:
