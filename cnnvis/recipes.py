@@ -66,11 +66,15 @@ def recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
-def recipe_options(name: str, model: str, own_network: bool = False) -> dict[str, object]:
+def recipe_options(name: str, model: str, own_network: bool = False,
+                   photo: bool = True) -> dict[str, object]:
     """The options recipe `name` sets for `model` (a preset's name); for a network of the
     user's own (`own_network`) or a model the recipe has no values for, those tuned on
-    efficientnet_lite0, said once."""
+    efficientnet_lite0, said once. Without a `photo`, only a recipe for noise will do."""
     chosen = recipe(name)
+    if not photo and "initial_size" in chosen.options:
+        raise UserError(f"--recipe {name} dreams on a photo; give --initial_image (or "
+                        "--input_video), or use --recipe neuron to start from noise.")
     if own_network or model not in chosen.models:
         logger.warning(f"cnn-vis: the recipe '{name}' has no values tuned for "
                        f"{'this network' if own_network else model}; using those of {TUNED_ON} "

@@ -53,7 +53,11 @@ class Request:
         such as "0-15,40" or "all" (an atlas). File options have ~ and $VARIABLES expanded."""
         if options.get("recipe"):   # its options first: those given beside it apply last
             options = {**recipe_options(options["recipe"], options.get("model", default("model")),
-                                        own_network=bool(options.get("deploy_txt"))), **options}
+                                        own_network=bool(options.get("deploy_txt")),
+                                        # a photo, or a first size of one's own
+                                        photo=bool(options.get("initial_image")
+                                                   or options.get("input_video")
+                                                   or "initial_size" in options)), **options}
         neurons = options.get("target_neuron")
         if isinstance(neurons, str):
             options = {**options, "target_neuron": 0}   # each job of the atlas has its own

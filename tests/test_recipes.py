@@ -50,3 +50,8 @@ def test_list_recipes_describes_each(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == list(RECIPES)
     assert all("efficientnet_lite0" in line for line in lines)
+
+
+def test_a_photo_recipe_from_noise_says_what_to_give(tiny, capsys, output):
+    refused(tiny + ["--recipe", "dream"], capsys, output, "--recipe dream dreams on a photo",
+            "--initial_image", "--recipe neuron")
