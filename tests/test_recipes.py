@@ -22,7 +22,8 @@ def test_every_recipe_is_valid_for_every_model_it_names(name):
 
 
 def test_options_beside_a_recipe_apply_last():
-    request = Request.from_keywords(None, model="efficientnet_lite0", recipe="dream", num_steps=3)
+    request = Request.from_keywords(None, model="efficientnet_lite0", recipe="dream", num_steps=3,
+                                    initial_image="photo.jpg")
     assert request.dream.num_steps == 3 and request.dream.p_reg == 0.005
     assert request.command.iter_behavior == "print"
     plain = Request.from_keywords(None, model="efficientnet_lite0", num_steps=3)
