@@ -773,6 +773,94 @@ def section_large_jobs(steps: int = 50, neurons: int = 16) -> None:
           f"with --workers 2 ({rates[2] / rates[1]:.2f}x)", flush=True)
 
 
+# open_nsfw's blobs that stand where each photo recipe's efficientnet_lite0 layer does
+# (14x14 for subtle and dream, 7x7 for intense).
+NSFW_RECIPE_LAYERS = {"subtle": "eltwise_stage2_block2", "dream": "eltwise_stage2_block2",
+                      "intense": "eltwise_stage3_block0"}
+STRENGTH_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")   # skimage's, 380 px high
+
+
+def section_recipe_strength(steps: int | None = None) -> None:
+    """[strength] Each photo recipe's dream strength (mean |output - photo| in grey levels)
+    on 4 photos, per model with trained weights, and the largest over the smallest (goal:
+    at most 1.5x; --calibrate is what makes it so). `steps` replaces the recipes' own."""
+    import skimage.data
+    from cnnvis.pixels import resize_rgb
+    from cnnvis.recipes import recipe_options
+    photos = [resize_rgb(rgb, (380, round(380 * rgb.shape[1] / rgb.shape[0])))
+              for rgb in (getattr(skimage.data, name)() for name in STRENGTH_PHOTOS)]
+    models = real_models(torch.device("cpu"))
+    for recipe in NSFW_RECIPE_LAYERS:
+        strengths = {}
+        for name, (_, model, _) in models.items():
+            options = recipe_options(recipe, "efficientnet_lite0")
+            options.pop("iter_behavior")
+            if name != "efficientnet_lite0":
+                options["target_layer"] = NSFW_RECIPE_LAYERS[recipe]
+            if steps is not None:
+                options["num_steps"] = steps
+            strengths[name] = [float(np.abs(np.asarray(cnnvis.dream(photo, model, seed=0, **options),
+                                                       dtype=float) - photo).mean())
+                               for photo in photos]
+            print(f"[strength] {recipe:8} {name:22} {options.get('target_layer') or model.default_layer:22} "
+                  + " ".join(f"{value:5.1f}" for value in strengths[name])
+                  + f"  mean {np.mean(strengths[name]):5.1f}", flush=True)
+        means = [np.mean(values) for values in strengths.values()]
+        print(f"[strength] {recipe:8} largest / smallest mean: {max(means) / min(means):.2f} "
+              "(goal: at most 1.5)", flush=True)
+
+
+def section_video_coherence(frames: int = 12) -> None:
+    """[coherence] Flicker and strength (cnnvis.coherence) of a dreamed video on clips of
+    known motion, 224x288, efficientnet_lite0 stage5/block3 with the dream recipe's
+    strengths at 10 steps a frame: the default --coherence against --flow none (each frame
+    on its own; goal: flicker at most 0.35x at 0.9x the strength or more); then seconds per
+    frame at 640x360 and 1280x720 with the share spent on the flow and carrying the dream."""
+    import cv2
+    import skimage.data
+    from cnnvis import animation
+    from cnnvis.coherence import CLIP_KINDS, coherence, known_motion_clip, through_codec
+    options = dict(target_layer="stage5/block3", num_steps=10, learning_rate=10.0,
+                   p_reg=0.0026, tv_reg=0.0026, alpha=2.0, calibrate=True, jitter=8,
+                   output_iter=1000)
+    model = cnnvis.load_model("efficientnet_lite0", device="cpu")
+    patch = cv2.resize(skimage.data.chelsea()[50:250, 150:350], (80, 80))
+    for kind in CLIP_KINDS:
+        clip = known_motion_clip(skimage.data.astronaut(), kind, frames=frames, size=(224, 288),
+                                 patch=patch)
+        inputs = through_codec(clip.frames)
+        measured = {flow: coherence([frame.rgb for frame in cnnvis.dream_video(
+            enumerate(inputs, 1), model, seed=0, flow=flow, **options)], inputs, clip)
+            for flow in ("none", "dis")}
+        alone, carried = measured["none"], measured["dis"]
+        print(f"[coherence] {kind:6} flicker {carried.flicker:.3f} vs {alone.flicker:.3f} alone "
+              f"({carried.flicker / alone.flicker:.2f}x), strength {carried.strength:.1f} vs "
+              f"{alone.strength:.1f} ({carried.strength / alone.strength:.2f}x); input clip's "
+              f"warp error {alone.input_warp_error:.2f}", flush=True)
+    for height, width in ((360, 640), (720, 1280)):
+        clip = known_motion_clip(cv2.resize(skimage.data.astronaut(), (width + 200, width + 200)),
+                                 "pan", frames=3, size=(height, width))
+        carrying = [0.0]
+        carried_start = animation._carried_start
+
+        def timed(*args, **keywords):
+            started = time.perf_counter()
+            try:
+                return carried_start(*args, **keywords)
+            finally:
+                carrying[0] += time.perf_counter() - started
+        animation._carried_start = timed
+        try:
+            started = time.perf_counter()
+            made = list(cnnvis.dream_video(enumerate(clip.frames[1:], 1), model, seed=0,
+                                           **{**options, "num_steps": 10}))
+            total = time.perf_counter() - started
+        finally:
+            animation._carried_start = carried_start
+        print(f"[coherence] {width}x{height}: {total / len(made):.2f} s a frame (10 steps), "
+              f"flow and carrying {carrying[0] / total:.1%} of it", flush=True)
+
+
 def benchmark_device(device: torch.device, timer: Timer, caffemodel: Path, steps: int,
                      work: Path) -> DeviceSummary:
     """Sections [1]-[4] on one device."""
@@ -829,6 +917,10 @@ def main() -> None:
                       summaries[0], devices[0])
 
     section_large_jobs()
+    print("\n=== recipe strength (CPU) ===", flush=True)
+    section_recipe_strength(1 if args.quick else None)
+    print("\n=== dreamed video's coherence (CPU) ===", flush=True)
+    section_video_coherence(6 if args.quick else 12)
     print(f"\nload average {load_average()}; "
           f"the benchmark took {time.perf_counter() - started:.0f} s")
     print("bf16_speedup_vs_fp32: "

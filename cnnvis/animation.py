@@ -20,6 +20,7 @@ import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 
@@ -102,6 +103,15 @@ def plan_sequence(options: dict, *, photo_size: tuple[int, int] | None,
     return SequencePlan(plan, later, animation, guide_rgb, depth)
 
 
+@dataclass(frozen=True)
+class Start:
+    """Where a frame's dream begins (None: its photo), and each pixel's step scale (None: 1)."""
+
+    image: torch.Tensor | None = None        # (1, 3, H, W), cnn-vis units
+    step_scale: torch.Tensor | None = None   # (H, W)
+    anchor: np.ndarray | None = None         # what the p-norm pulls towards (None: the photo)
+
+
 class _FrameMaker:
     """What every frame of one sequence shares: the plan, the model, the objective (built
     once), the later frames' plan (made once) and the callbacks."""
@@ -116,7 +126,7 @@ class _FrameMaker:
         self.later_plan = None
 
     def make(self, number: int, photo: np.ndarray | None, later: bool,
-             start: Callable[[], torch.Tensor | None] = lambda: None) -> Frame:
+             start: Callable[[], "Start"] = lambda: Start()) -> Frame:
         """Frame `number`: the stored one, or dreamed now from `photo` (and `start()`)."""
         rgb = self.stored(number)
         if rgb is not None:
@@ -132,9 +142,11 @@ class _FrameMaker:
             frame_plan = self.later_plan
         callback = self.callback and (
             lambda report: self.callback(dataclasses.replace(report, frame=number)))
+        begin = start()
         picture = run_plan(dataclasses.replace(frame_plan, photo=photo,
                                                seed=plan.first.seed + number - 1),
-                           self.model, self.objective, start=start(), callback=callback,
+                           self.model, self.objective, start=begin.image,
+                           step_scale=begin.step_scale, anchor=begin.anchor, callback=callback,
                            progress=self.progress)
         return Frame(number, picture.rgb(plan.depth), picture)
 
@@ -230,8 +242,8 @@ def _video(maker: _FrameMaker, video_frames: Iterable[tuple[int, np.ndarray]]) -
         else:
             photo = resize_rgb(as_photo(photo), size)
             carried = estimator and (lambda: _carried_start(
-                photo, *previous, animation.blend, estimator, depth, model.mean_bgr))
-            frame = maker.make(number, photo, later=True, start=carried or (lambda: None))
+                photo, *previous, animation, estimator, depth, model.mean_bgr))
+            frame = maker.make(number, photo, later=True, start=carried or Start)
         if frame.rgb.shape[:2] != tuple(size):
             raise UserError(f"frame {number} is {frame.rgb.shape[1]}x{frame.rgb.shape[0]} and "
                             f"frame 1 of the run {size[1]}x{size[0]}: the stored frames are not "
@@ -241,13 +253,22 @@ def _video(maker: _FrameMaker, video_frames: Iterable[tuple[int, np.ndarray]]) -
 
 
 def _carried_start(photo: np.ndarray, previous_photo: np.ndarray, previous_rgb: np.ndarray,
-                   blend: float, estimator, depth: int,
-                   mean_bgr: tuple[float, float, float]) -> torch.Tensor:
-    """The current frame plus `blend` times the previous frame's dream carried along the
-    flow, as a cnn-vis image (1, 3, H, W)."""
+                   animation: AnimationOptions, estimator, depth: int,
+                   mean_bgr: tuple[float, float, float]) -> Start:
+    """The current frame plus the previous frame's dream carried along the flow (`blend`
+    times it; whole with --coherence), and with --coherence the steps damped where the
+    carried dream is seen."""
     dream = stored_levels(previous_rgb, depth) - previous_photo
-    carried = carry_along_flow(dream, grey(previous_photo), grey(photo), estimator)
-    return levels_to_image(photo.astype(np.float32) + blend * carried, mean_bgr)
+    # With --coherence the dream is carried frame after frame: bicubic, which blurs it less.
+    carried, visible = carry_along_flow(dream, grey(previous_photo), grey(photo), estimator,
+                                        cv2.INTER_CUBIC if animation.coherence else cv2.INTER_LINEAR)
+    if animation.coherence == 0:
+        return Start(levels_to_image(photo.astype(np.float32) + animation.blend * carried,
+                                     mean_bgr))
+    scale = np.where(visible, 1 - animation.coherence, 1).astype(np.float32)
+    start = photo.astype(np.float32) + carried
+    return Start(levels_to_image(start, mean_bgr), torch.from_numpy(scale),
+                 np.rint(np.clip(start, 0, 255)).astype(np.uint8))
 
 
 def stored_levels(rgb: np.ndarray, depth: int) -> np.ndarray:

@@ -73,8 +73,9 @@ def run(options: dict[str, object], argv: list[str]) -> int:
                                          if k in ("model", "deploy_txt", "caffe_model", "gpu")}))
         return 0
     if options.get("list_recipes"):
-        for name, description, tuned in workflows.list_recipes():
-            print(f"{name:10} {description} (tuned for {', '.join(tuned)})")
+        for name, description, models in workflows.list_recipes():
+            layers = f" (its layer chosen for {', '.join(models)})" if models else ""
+            print(f"{name:10} {description}{layers}")
         return 0
     if options.get("list_models"):
         print(f"{'name':22} {'trained on':40} {'weights':8} source")

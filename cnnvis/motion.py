@@ -32,9 +32,11 @@ def flow_estimator() -> cv2.DISOpticalFlow:
 
 
 def carry_along_flow(values: np.ndarray, previous_grey: np.ndarray, current_grey: np.ndarray,
-                     estimator: cv2.DISOpticalFlow) -> np.ndarray:
+                     estimator: cv2.DISOpticalFlow,
+                     interpolation: int = cv2.INTER_LINEAR) -> tuple[np.ndarray, np.ndarray]:
     """`values` (H, W, C) of the previous frame moved to where the current frame has them,
-    with zero where the current frame shows something the previous one did not.
+    with zero where the current frame shows something the previous one did not; and where
+    it shows what the previous one did (bool, H x W).
 
     The flow from the current frame back to the previous one says where each pixel
     comes from. A pixel is occluded (it gets zero) when its source lies outside the
@@ -47,7 +49,7 @@ def carry_along_flow(values: np.ndarray, previous_grey: np.ndarray, current_grey
     columns, rows = np.meshgrid(np.arange(width, dtype=np.float32),
                                 np.arange(height, dtype=np.float32))
     source_x, source_y = columns + backward[..., 0], rows + backward[..., 1]
-    carried = cv2.remap(values, source_x, source_y, cv2.INTER_LINEAR,
+    carried = cv2.remap(values, source_x, source_y, interpolation,
                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     forward_at_source = cv2.remap(forward, source_x, source_y, cv2.INTER_LINEAR,
                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0)
@@ -55,7 +57,7 @@ def carry_along_flow(values: np.ndarray, previous_grey: np.ndarray, current_grey
     tolerance = 0.01 * (np.sum(backward ** 2, axis=-1) + np.sum(forward_at_source ** 2, axis=-1)) + 0.5
     inside = (source_x >= 0) & (source_x <= width - 1) & (source_y >= 0) & (source_y <= height - 1)
     visible = inside & (round_trip <= tolerance)
-    return carried * visible[..., None]
+    return carried * visible[..., None], visible
 
 
 def grey(rgb: np.ndarray) -> np.ndarray:

@@ -109,15 +109,20 @@ class Dream:
         self.progress = progress
         self.jitter_generator = torch.Generator().manual_seed(seed)
         self.image: torch.Tensor | None = None
+        self.warm_cache = False
 
     def run(self, initial: torch.Tensor, anchor_rgb: np.ndarray | None,
-            mask_grey: np.ndarray | None = None, in_place: bool = False) -> torch.Tensor:
+            mask_grey: np.ndarray | None = None, in_place: bool = False,
+            step_scale: torch.Tensor | None = None) -> torch.Tensor:
         """Optimise from `initial` (1, 3, H, W) at the first size; `anchor_rgb` is the user's
         photo (uint8 RGB) that the main p-norm pulls towards, or None (pull towards 0).
         `mask_grey` (uint8, H x W) scales each pixel's step by its grey level / 255; where
         it is 0 the pixels keep their start (the photo, or the noise resized). With
         `in_place`, `initial` itself becomes the image (no copy: one image less in memory);
-        otherwise the caller's stays as it was."""
+        otherwise the caller's stays as it was. `step_scale` (H, W), for a run of one size
+        that continues a dream (a video's later frames, --coherence), multiplies each
+        pixel's step, and the RMSProp caches start from the first squared gradient instead
+        of 0 (no first steps 1/sqrt(1 - decay_rate) times larger than the rest)."""
         self.image = initial.to(self.model.device, copy=not in_place)
         start = self.image.clone() if mask_grey is not None and anchor_rgb is None else None
         for size_index, size in enumerate(self.sizes, start=1):
@@ -132,6 +137,9 @@ class Dream:
                 if start is not None and size_index > 1:
                     start = F.interpolate(start, size=size, mode="bicubic", align_corners=False)
                 self.image = torch.where(mask == 0, anchor if start is None else start, self.image)
+            if step_scale is not None:
+                mask = step_scale.to(self.image) if mask is None else mask * step_scale.to(mask)
+            self.warm_cache = step_scale is not None   # a dream continued
             self._optimise_size(size_index, anchor, mask)
         return self.image
 
@@ -157,7 +165,8 @@ class Dream:
             shift = self._jitter_shift()
             for group in groups:
                 self._update_group(group, [windows.at(region, shift) for region in group],
-                                   anchor, caches, rates, mask, learning_rate, tv_reg, stats)
+                                   anchor, caches, rates, mask, learning_rate, tv_reg, stats,
+                                   warm=self.warm_cache and step == 1)
             first_bad = watch.after_step(self.image, step)   # 0 while finite; not read yet
             report = None
             if stats is not None:   # the step's one read: its diagnostics and the flag together
@@ -191,7 +200,7 @@ class Dream:
 
     def _update_group(self, group: list[Region], windows: list[tuple[Window, Window]],
                       anchor, caches, rates, mask, learning_rate: float, tv_reg: float,
-                      stats: StepStats | None) -> None:
+                      stats: StepStats | None, warm: bool = False) -> None:
         """CNN gradients of all regions on the image as it is now, then each region's update
         in order. The regions lie on the image rolled by this step's shift; it is read where
         they land (each region's `windows`: in the image, in its cache layer) instead of
@@ -202,8 +211,11 @@ class Dream:
             gradient = cnn_gradient + self._regulariser_gradient(
                 pixels, None if anchor is None else window.read(anchor[0]), tv_reg, stats)
             cache = cache_window.read(caches.layers[region.parity])      # (3, h, w)
-            cache.mul_(self.options.decay_rate).addcmul_(gradient, gradient,
-                                                          value=1 - self.options.decay_rate)
+            if warm:
+                cache.copy_(gradient * gradient)
+            else:
+                cache.mul_(self.options.decay_rate).addcmul_(gradient, gradient,
+                                                              value=1 - self.options.decay_rate)
             cache_window.write_back(caches.layers[region.parity], cache)
             step = -learning_rate * gradient / torch.sqrt(cache + RMSPROP_EPSILON)
             if rates is not None:
@@ -223,6 +235,8 @@ class Dream:
             batch = windows[start:start + self.options.batch_size]
             tiles = torch.stack([window.read(self.image[0]) for window in batch])  # (B, 3, h, w)
             loss, gradient = self.model.objective_gradient(tiles, self.objective)
+            if self.options.calibrate:   # every tile pulls with mean strength 1 (--calibrate)
+                gradient = gradient / gradient.abs().mean((1, 2, 3), keepdim=True).clamp_min(1e-30)
             gradients.extend(gradient.unbind(0))
             if stats is not None:
                 stats.add_loss("objective", -loss)

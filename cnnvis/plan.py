@@ -62,13 +62,16 @@ def plan_picture(options: DreamOptions, photo: np.ndarray | None, mask: np.ndarr
 
 
 def run_plan(plan: Plan, model: VisModel, objective: Objective, *,
-             start: torch.Tensor | None = None,
+             start: torch.Tensor | None = None, step_scale: torch.Tensor | None = None,
+             anchor: np.ndarray | None = None,
              callback: Callable[[Report], None] | None = None,
              progress: Callable[[int, int], None] | None = None) -> Picture:
     """Dream the planned picture with `objective` (from `build_objective`).
 
     `start` (1, 3, H, W) at the first size replaces the photo as the image the run begins
     from, and is optimised in place; the photo stays what the p-norm pulls towards.
+    `step_scale` (H, W), for a run of one size, multiplies each pixel's step, and `anchor`
+    (uint8 RGB) replaces the photo as what the p-norm pulls towards.
     A run stopped by Ctrl-C raises `Interrupted`, and one whose image stops being finite
     `NonFiniteImage`; both carry the last good picture as `.picture`.
     """
@@ -91,7 +94,8 @@ def run_plan(plan: Plan, model: VisModel, objective: Objective, *,
         return Picture(image, model.mean_bgr, options.rescale_image, plan.seed)
 
     try:
-        return picture(run.run(initial, photo, plan.mask, in_place=True))
+        return picture(run.run(initial, photo if anchor is None else anchor, plan.mask,
+                               in_place=True, step_scale=step_scale))
     except NonFiniteImage as error:
         error.picture = picture(run.image)
         raise

@@ -178,6 +178,9 @@ class DreamOptions:
     num_steps: int = option(1000, int, "steps at each size", GROUPS[4], minimum=1)
     use_pixel_learning_rates: bool = option(
         False, bool, "divide each pixel's step by the number of regions that cover it", GROUPS[4])
+    calibrate: bool = option(False, bool, "divide each tile's objective gradient by its mean "
+                             "size at every step, so that --learning_rate, --p_reg and --tv_reg "
+                             "mean the same on every network (the recipes set it)", GROUPS[5])
     l1_weight: float = option(1.0, float, "weight of -|a| in the top gradient", GROUPS[5],
                               aliases=("--amplify_l1_weight",))
     l2_weight: float = option(1.0, float, "weight of -clip(a) in the top gradient", GROUPS[5],
@@ -244,6 +247,11 @@ class AnimationOptions:
     blend: float = option(0.5, float, "dreamed video: share of the previous frame's dream "
                           "(its output minus its input) carried into the next frame, 0 to 1",
                           GROUPS[10], minimum=0, maximum=1, applies="video")
+    coherence: float = option(0.9, float, "dreamed video: where the flow sees the previous "
+                              "frame, its dream is carried whole, the p-norm pulls towards it "
+                              "and each step is damped by this share (0: the carry of --blend "
+                              "and full steps, as before 2026-12), below 1", GROUPS[10],
+                              minimum=0, maximum=1, below=True, applies="video")
     flow: str = option("dis", str, "dreamed video: how the previous dream follows the motion: "
                        "OpenCV's DIS optical flow, or none (each frame dreamed on its own)",
                        GROUPS[10], choices=FLOWS, applies="video")

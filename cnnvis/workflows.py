@@ -99,7 +99,7 @@ def layer_gallery(model: str = default("model"), deploy_txt: str | None = None,
 
 
 def list_recipes() -> list[tuple[str, str, list[str]]]:
-    """(name, what it makes, the models it has tuned values for) of every recipe."""
+    """(name, what it makes, the models it chooses a layer for) of every recipe."""
     return [(recipe.name, recipe.description, list(recipe.models)) for recipe in RECIPES.values()]
 
 

@@ -79,7 +79,7 @@ def test_dream_is_carried_along_the_motion_and_dropped_where_occluded():
     frames = moving_square_frames(2, (48, 64), speed=3)
     values = np.zeros((48, 64, 3), np.float32)
     values[14:34, 2:22] = 50    # on the square in the previous frame
-    carried = carry_along_flow(values, grey(frames[0]), grey(frames[1]), flow_estimator())
+    carried, _ = carry_along_flow(values, grey(frames[0]), grey(frames[1]), flow_estimator())
     on_square = carried[18:30, 9:21, 0]        # the square's inside, now 3 px further right
     assert np.abs(on_square - 50).mean() < 5
     assert np.abs(carried[:, 30:]).max() == 0   # far from the square nothing comes
