@@ -24,7 +24,7 @@ GROUPS = ("CNN options", "Image options", "Initialization options", "Resize opti
           "P-norm regularization options", "Auxiliary p-norm regularization options",
           "Total Variation regularization options", "Output options",
           "Animation options", "Model tools (each does its job and exits)",
-          "Large jobs (atlases and folders of images)")
+          "Large jobs (atlases and folders of images)", "Studio (a web app: cnn-vis studio)")
 
 IMAGE_TYPES = ("amplify_layer", "amplify_neuron")
 BACKENDS = ("torch", "caffe")
@@ -41,6 +41,12 @@ APPLIES = ("any", "zoom", "video", "sequence", "jobs", "tool")
 def option(default: Any, kind: type, help: str, group: str, **spec) -> Any:
     """A dataclass field that is an option: its default and its `Setting`."""
     return field(default=default, metadata={"setting": Setting(kind, help, group, **spec)})
+
+
+def _studio_option(default: Any, kind: type, help: str, **spec) -> Any:
+    """An option of the studio: a tool of its own, never recorded in a picture."""
+    return option(default, kind, help, GROUPS[13], recorded=False, replayed=False, applies="tool",
+                  **spec)
 
 
 def _check_fields(instance) -> None:
@@ -253,6 +259,19 @@ class CommandOptions:
                                   GROUPS[11], metavar="NAME", recorded=False, applies="tool")
     debug: bool = option(False, bool, "show tracebacks for errors (also CNN_VIS_DEBUG=1)",
                          GROUPS[11], recorded=False, replayed=False)
+    studio: bool = _studio_option(False, bool, "start the studio, a web app for dreaming in a "
+                                  "browser (needs pip install 'cnn-vis[studio]'), and print its address")
+    port: int = _studio_option(7860, int, "the studio's port", minimum=1, maximum=65535)
+    listen: str = _studio_option("127.0.0.1", str, "the address the studio listens on; one beyond "
+                                 "this machine needs --auth (or --no_auth)", metavar="HOST")
+    auth: str | None = _studio_option(None, str, "the name and password the studio asks for",
+                                      metavar="USER:PASSWORD")
+    no_auth: bool = _studio_option(False, bool, "let a studio that --listen opens beyond this "
+                                   "machine go without --auth: anyone who reaches it can use it")
+    max_upload_mb: float = _studio_option(25.0, float, "the largest photo the studio takes, in MB",
+                                          minimum=0, above=True)
+    max_upload_megapixels: float = _studio_option(40.0, float, "the largest photo the studio "
+                                                  "takes, in millions of pixels", minimum=0, above=True)
     input_video: str | None = option(None, str, "video to dream frame by frame, each at its own "
                                      "size (or --final_size)", GROUPS[10], metavar="VIDEO", path=True, applies="video")
     start_frame: int = option(1, int, "first frame of --input_video to dream (from 1)",

@@ -1,0 +1,154 @@
+"""The studio's page (Gradio Blocks): the picture tab, with the main controls in view and
+every other picture option in an advanced panel made from the option table (names, ranges,
+defaults and help from `cnnvis.settings`), the live preview, Stop, and the session's history.
+"""
+from __future__ import annotations
+
+import gradio as gr
+from gradio_client.utils import is_http_url_like
+
+import cnnvis
+from cnnvis.errors import UserError
+from cnnvis.settings import OUTPUT_DEPTHS, DreamOptions, default, option_settings
+from cnnvis.studio_runs import (ADVANCED_OPTIONS, MAIN_OPTIONS, PREVIEW_EVERY, Studio,
+                                recipe_values, run_picture)
+from cnnvis.workflows import list_recipes
+
+SETTINGS = {f.name: (f, setting) for f, setting in option_settings(DreamOptions)}
+PANEL_OPTIONS = (*MAIN_OPTIONS, *ADVANCED_OPTIONS)
+NO_RECIPE = "(none)"
+OWN_LAYER = ("the model's own (or the recipe's)", "")
+STUDIO_MODEL = "efficientnet_lite0"   # offline: its weights come with a Python package
+
+
+class PhotoUpload(gr.Image):
+    """An image input that takes only files uploaded to this studio: Gradio itself would
+    also fetch a URL that a request puts in the field."""
+
+    def get_block_name(self) -> str:
+        return "image"   # the page draws it as Gradio's own image input
+
+    async def async_move_resource_to_block_cache(self, url_or_file_path):
+        if is_http_url_like(str(url_or_file_path)):
+            raise gr.Error("the studio takes photos uploaded to it, not addresses; upload the "
+                           "file itself.", print_exception=False)
+        return await super().async_move_resource_to_block_cache(url_or_file_path)
+
+
+def option_component(name: str):
+    """The control of picture option `name`, as the option table describes it."""
+    f, setting = SETTINGS[name]
+    shown = {"label": name, "info": setting.help, "elem_id": f"option-{name}"}
+    if setting.kind is bool:
+        return gr.Checkbox(value=f.default, **shown)
+    if setting.choices:
+        return gr.Dropdown(list(setting.choices), value=f.default, **shown)
+    if setting.kind in (int, float):
+        return gr.Number(value=f.default, minimum=setting.minimum, maximum=setting.maximum,
+                         precision=0 if setting.kind is int else None, **shown)
+    return gr.Textbox(value=f.default or "", **shown)
+
+
+def option_value(name: str, shown):
+    """The value of picture option `name` from its control (the table's default when empty);
+    `DreamOptions` checks it as the command line does."""
+    f, setting = SETTINGS[name]
+    if shown is None or shown == "":
+        return f.default
+    if setting.kind is int and isinstance(shown, float) and shown.is_integer():
+        return int(shown)
+    return shown
+
+
+def layer_choices(model: str) -> list[tuple[str, str]]:
+    return [OWN_LAYER, *((name, name) for name, _ in cnnvis.list_layers(model))]
+
+
+def build(studio: Studio) -> gr.Blocks:
+    """The studio's page, serving `studio`'s sessions."""
+    models = [name for name, *_ in cnnvis.list_models()]
+    recipes = [NO_RECIPE, *(name for name, *_ in list_recipes())]
+    with gr.Blocks(title="cnn-vis studio", analytics_enabled=False) as app:
+        gr.Markdown("# cnn-vis studio\nDrop a photo (or leave it empty to start from noise), "
+                    "pick a recipe, dream, and stop when it looks right.")
+        with gr.Tab("Picture"):
+            with gr.Row():
+                with gr.Column():
+                    photo = PhotoUpload(type="filepath", sources=["upload"], elem_id="photo",
+                                     label="photo (empty: noise)")
+                    model = gr.Dropdown(models, value=STUDIO_MODEL, label="model", elem_id="model")
+                    recipe = gr.Dropdown(recipes, value=NO_RECIPE, label="recipe",
+                                         elem_id="recipe")
+                    layer = gr.Dropdown(layer_choices(STUDIO_MODEL), value="", elem_id="layer",
+                                        label="target_layer")
+                    seed = gr.Number(value=0, precision=0, minimum=0, label="seed",
+                                     info="empty: a fresh one", elem_id="seed")
+                    depth = gr.Radio(list(OUTPUT_DEPTHS), value=default("output_depth"),
+                                     label="output_depth", info="bits per channel of the PNG")
+                    main = [option_component(name) for name in MAIN_OPTIONS]
+                    main[MAIN_OPTIONS.index("output_iter")].value = PREVIEW_EVERY
+                    with gr.Accordion("advanced", open=False):
+                        advanced = [option_component(name) for name in ADVANCED_OPTIONS]
+                    with gr.Row():
+                        start = gr.Button("Dream", variant="primary", elem_id="dream")
+                        stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                with gr.Column():
+                    preview = gr.Image(label="preview", interactive=False, format="png",
+                                       elem_id="preview")
+                    progress = gr.Markdown(elem_id="progress")
+                    history = gr.Gallery(label="history", columns=4, elem_id="history",
+                                         allow_preview=False)
+                    download = gr.DownloadButton("Download PNG", elem_id="download")
+                    command = gr.Code(label="equivalent command line", language="shell")
+                    recorded = gr.Code(label="settings", language="json")
+        panel = [*main, *advanced]
+
+        def show_recipe(recipe_name: str, model_name: str):
+            values = recipe_values(None if recipe_name == NO_RECIPE else recipe_name, model_name)
+            values["output_iter"] = PREVIEW_EVERY
+            return [values["target_layer"] or "", *(values[name] for name in PANEL_OPTIONS)]
+
+        recipe.change(show_recipe, [recipe, model], [layer, *panel], api_name=False)
+        model.change(lambda name: gr.Dropdown(choices=layer_choices(name), value=""), model,
+                     layer, api_name=False)
+
+        def dream(photo_path, model_name, layer_name, seed_value, output_depth,
+                  request: gr.Request, *shown):
+            session = studio.session(request.session_hash)
+            values = {name: option_value(name, value) for name, value in zip(PANEL_OPTIONS, shown)}
+            values["target_layer"] = layer_name or None
+            try:
+                for update in run_picture(studio, session, photo_path, model_name,
+                                          None if seed_value is None else int(seed_value),
+                                          int(output_depth), values):
+                    result = update.result
+                    yield (gr.skip() if update.preview is None else update.preview,
+                           update.progress,
+                           *(_history(session) if result else (gr.skip(),) * 4))
+            except UserError as error:
+                raise gr.Error(str(error), print_exception=False) from None
+
+        start.click(dream, [photo, model, layer, seed, depth, *panel],
+                    [preview, progress, history, download, command, recorded],
+                    api_name="dream", concurrency_limit=1, concurrency_id="device")
+        def stop_run(request: gr.Request) -> None:
+            studio.session(request.session_hash).stop.set()
+
+        stop.click(stop_run, None, None, queue=False, api_name="stop")
+
+        def select(event: gr.SelectData, request: gr.Request):
+            results = studio.session(request.session_hash).results
+            if not isinstance(event.index, int) or not 0 <= event.index < len(results):
+                raise gr.Error("no such picture in this session's history.")
+            chosen = results[event.index]
+            return str(chosen.png), chosen.command, chosen.settings
+
+        history.select(select, None, [download, command, recorded], api_name=False)
+    return app
+
+
+def _history(session) -> tuple:
+    """The gallery, and the newest picture's file, command line and settings."""
+    newest = session.results[-1]
+    return ([(str(r.png), r.caption) for r in session.results], str(newest.png), newest.command,
+            newest.settings)
