@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cnnvis.errors import UserError
 from cnnvis.settings import GROUPS, default, option_names
+from cnnvis.studio_runs import Studio
 
 STUDIO_OPTIONS = tuple(option_names(group=GROUPS[13]))
 # What Gradio and the Hugging Face hub would otherwise fetch or send at start and on use.
@@ -63,18 +64,17 @@ def serve(options: dict[str, object]) -> int:
     port = options.get("port", default("port"))
     auth = credentials(listen, options.get("auth"), options.get("no_auth", False))
     root = Path(tempfile.mkdtemp(prefix="cnn-vis-studio-"))
-    # Before Gradio is imported: it reads its cache folder once, at import.
-    os.environ.update({**OFFLINE, "GRADIO_TEMP_DIR": str(root / "uploads")})
     try:
+        studio = Studio(root, options.get("max_upload_mb", default("max_upload_mb")),
+                        options.get("max_upload_megapixels", default("max_upload_megapixels")),
+                        options.get("gpu", default("gpu")))
+        # Before Gradio is imported: it reads its cache folder once, at import.
+        os.environ.update({**OFFLINE, "GRADIO_TEMP_DIR": str(studio.uploads)})
         try:
             from cnnvis import studio_page
         except ImportError as error:
             raise UserError(f"the studio needs Gradio ({error}); install it with "
                             "pip install 'cnn-vis[studio]'.") from None
-        from cnnvis.studio_runs import Studio
-        studio = Studio(root, options.get("max_upload_mb", default("max_upload_mb")),
-                        options.get("max_upload_megapixels", default("max_upload_megapixels")),
-                        options.get("gpu", default("gpu")))
         app = studio_page.build(studio)
         app.queue(default_concurrency_limit=1)
         app.launch(server_name=listen, server_port=port, auth=auth, share=False, quiet=True,

@@ -18,21 +18,29 @@ SETTINGS = {f.name: (f, setting) for f, setting in option_settings(DreamOptions)
 PANEL_OPTIONS = (*MAIN_OPTIONS, *ADVANCED_OPTIONS)
 NO_RECIPE = "(none)"
 OWN_LAYER = ("the model's own (or the recipe's)", "")
+NOT_AN_UPLOAD = "the studio takes photos uploaded to it, not addresses; upload the file itself."
 STUDIO_MODEL = "efficientnet_lite0"   # offline: its weights come with a Python package
 
 
 class PhotoUpload(gr.Image):
-    """An image input that takes only files uploaded to this studio: Gradio itself would
-    also fetch a URL that a request puts in the field."""
+    """An image input that hands over the path of a file uploaded to this studio, unread
+    (the studio checks it as the command line checks files), and takes nothing else: Gradio's
+    own would also fetch an address, or decode the image before the studio's limits apply."""
 
     def get_block_name(self) -> str:
         return "image"   # the page draws it as Gradio's own image input
 
     async def async_move_resource_to_block_cache(self, url_or_file_path):
         if is_http_url_like(str(url_or_file_path)):
-            raise gr.Error("the studio takes photos uploaded to it, not addresses; upload the "
-                           "file itself.", print_exception=False)
+            raise gr.Error(NOT_AN_UPLOAD, print_exception=False)
         return await super().async_move_resource_to_block_cache(url_or_file_path)
+
+    def preprocess(self, payload) -> str | None:
+        if payload is None:
+            return None
+        if payload.path is None:
+            raise gr.Error(NOT_AN_UPLOAD, print_exception=False)
+        return payload.path
 
 
 def option_component(name: str):

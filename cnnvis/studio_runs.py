@@ -3,7 +3,9 @@ history, the checks of an upload, and one picture's run with its previews, made 
 public API (`cnnvis.load_model`, `cnnvis.render`) as a script would make it.
 
 A session is named by Gradio's session hash; its folder is a hash of that, inside the
-studio's own temporary folder, so no name that a request gives becomes a path.
+studio's own temporary folder, so no name that a request gives becomes a path. Gradio keeps
+uploads and the files it serves in the folder's `uploads/`; the sessions' own pictures, in
+`sessions/`, are never served themselves.
 """
 from __future__ import annotations
 
@@ -60,6 +62,7 @@ class Studio:
     def __init__(self, root: Path, max_upload_mb: float, max_upload_megapixels: float,
                  gpu: int):
         self.root = root
+        self.uploads = root / "uploads"   # Gradio's cache: uploads, and what it serves
         self.max_bytes = int(max_upload_mb * MiB)
         self.max_pixels = int(max_upload_megapixels * 1e6)
         self.device = "cpu" if gpu < 0 else None   # None: the GPU when there is one
@@ -88,7 +91,7 @@ class Studio:
         command line checks --initial_image, and against the studio's upload limits."""
         if path is None:
             return None
-        if not Path(path).resolve().is_relative_to(self.root.resolve()):
+        if not Path(path).resolve().is_relative_to(self.uploads.resolve()):
             raise UserError("the photo is not a file uploaded to this studio; upload it again.")
         with open_input(path, "image", "the photo") as file:
             size = Path(path).stat().st_size

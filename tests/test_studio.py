@@ -1,0 +1,170 @@
+"""cnn-vis studio (cnnvis/studio.py, studio_page.py, studio_runs.py): a studio started here
+on the offline model, driven by a real headless Chromium (Playwright, Debian's chromium) and
+by Gradio's own client: a picture made, previewed, stopped and downloaded; eight clients at
+once; bad uploads and requests that name paths."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from importlib.util import find_spec
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+import cnnvis
+from cnnvis.errors import UserError
+from cnnvis.studio import check_studio_options, credentials
+from cnnvis.studio_runs import recipe_values
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+MODEL = "efficientnet_lite0"
+MAX_MB, MAX_MEGAPIXELS = 1.0, 0.3   # the test studio's upload limits
+
+
+def test_the_studio_listens_beyond_this_machine_only_with_a_password_or_when_told():
+    assert credentials("127.0.0.1", None, False) is None
+    assert credentials("::1", "ann:secret:x", False) == ("ann", "secret:x")
+    with pytest.raises(UserError, match="--listen 0.0.0.0 lets anyone .* --auth USER:PASSWORD"):
+        credentials("0.0.0.0", None, False)
+    assert credentials("0.0.0.0", None, True) is None
+    with pytest.raises(UserError, match="--auth takes USER:PASSWORD"):
+        credentials("0.0.0.0", "ann", False)
+
+
+def test_a_studio_option_without_the_studio_is_refused():
+    with pytest.raises(UserError, match="--port is an option of the studio; add --studio"):
+        check_studio_options({"port": 8000})
+    check_studio_options({"studio": True, "port": 8000})
+
+
+def test_the_studio_says_how_to_install_gradio_where_it_is_missing():
+    code = ("import sys; sys.modules['gradio'] = None; from cnnvis.cli import main; "
+            "sys.exit(main(['studio', '--port', '1']))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 2
+    assert "pip install 'cnn-vis[studio]'" in run.stderr.strip().splitlines()[-1]
+
+
+# ----------------------------------------------------------------------------- a running studio
+
+needs_gradio = pytest.mark.skipif(
+    find_spec("gradio") is None or find_spec("gradio_client") is None,
+    reason="needs Gradio and gradio_client (pip install 'cnn-vis[studio]' gradio_client)")
+needs_chromium = pytest.mark.skipif(
+    find_spec("playwright") is None or not os.access(CHROMIUM, os.X_OK),
+    reason=f"needs Playwright (pip install playwright) and Debian's chromium at {CHROMIUM} "
+           "(apt-get install chromium; .ci/run installs it)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningStudio:
+    def __init__(self, process: subprocess.Popen, url: str, tmp: Path, log: list[str]):
+        self.process, self.url, self.tmp, self.log = process, url, tmp, log
+
+    def root(self) -> Path:
+        (root,) = self.tmp.glob("cnn-vis-studio-*")
+        return root
+
+    def started_runs(self) -> list[str]:
+        """The sessions' folder names, in the order their runs started."""
+        return re.findall(r"run \d+ for session (\w+) started", "\n".join(self.log))
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory) -> RunningStudio:
+    """`cnn-vis studio` on a free port, its temporary folder and working folder in a folder
+    of the test's own (so that what it writes can be seen)."""
+    tmp = tmp_path_factory.mktemp("studio")
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp),
+           "CNN_VIS_HOME": str(tmp_path_factory.mktemp("home"))}
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "cnn_vis.py"), "studio", "--port", str(port), "--gpu", "-1",
+         "--max_upload_mb", str(MAX_MB), "--max_upload_megapixels", str(MAX_MEGAPIXELS)],
+        cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        for line in process.stdout:
+            log.append(line)
+            if "cnn-vis studio: open http://" in line:
+                ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    if not ready.wait(120):
+        process.kill()
+        pytest.fail("the studio did not start:\n" + "".join(log))
+    yield RunningStudio(process, f"http://127.0.0.1:{port}/", tmp, log)
+    process.terminate()
+    process.wait(30)
+
+
+def _photo(path: Path, size: int) -> Path:
+    Image.fromarray(skimage.data.coffee()).resize((size, size), Image.Resampling.BICUBIC).save(path)
+    return path
+
+
+def _panel(**values) -> list:
+    """The dream endpoint's picture options, in the page's order, at the table's defaults
+    but for `values`."""
+    from cnnvis.studio_page import PANEL_OPTIONS
+    options = {**recipe_values(None, MODEL), "output_iter": 5, **values}
+    return [options[name] for name in PANEL_OPTIONS]
+
+
+def _pixels(path: str | Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return cnnvis.load_model(MODEL, device="cpu")
+
+
+@needs_gradio
+def test_eight_clients_at_once_each_get_their_own_picture_first_come_first_served(studio, model):
+    from gradio_client import Client
+    clients = [Client(studio.url, verbose=False) for _ in range(8)]
+    jobs = []
+    for seed, client in enumerate(clients):
+        jobs.append(client.submit(None, MODEL, "", seed, 8, *_panel(num_steps=2),
+                                  api_name="/dream"))
+        # The next client asks only once the server holds this one's request.
+        while jobs[-1].status().code.name in ("STARTING", "JOINING_QUEUE"):
+            time.sleep(0.05)
+    results = [job.result(timeout=300) for job in jobs]
+    for seed, (client, result) in enumerate(zip(clients, results)):
+        _, _, history, png, command, recorded = result
+        assert len(history) == 1 and history[0]["caption"].endswith(f"seed {seed}")
+        expected = cnnvis.dream(None, model, seed=seed, num_steps=2, output_iter=5)
+        assert np.array_equal(_pixels(png), np.asarray(expected))
+        assert f"--seed {seed} " in command and json.loads(recorded)["seed"] == seed
+    folders = studio.started_runs()[-8:]
+    assert len(set(folders)) == 8   # a folder per session, in the order the clients asked
+    assert folders == [hashlib.sha256(c.session_hash.encode()).hexdigest()[:32] for c in clients]
+    for folder in folders:
+        assert len(list((studio.root() / "sessions" / folder).glob("*.png"))) == 1
+    peak = int(re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{studio.process.pid}/status")
+                         .read_text()).group(1)) * 1024
+    print(f"\nstudio peak RSS after 8 clients: {peak / 2**20:.0f} MiB")
+    assert peak < 3 * 2**30
