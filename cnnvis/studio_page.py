@@ -83,7 +83,10 @@ def build(studio: Studio) -> gr.Blocks:
             with gr.Row():
                 with gr.Column():
                     photo = PhotoUpload(type="filepath", sources=["upload"], elem_id="photo",
-                                     label="photo (empty: noise)")
+                                        label="photo (empty: noise)", image_mode=None)
+                    with gr.Row():
+                        start = gr.Button("Dream", variant="primary", elem_id="dream")
+                        stop = gr.Button("Stop", variant="stop", elem_id="stop")
                     model = gr.Dropdown(models, value=STUDIO_MODEL, label="model", elem_id="model")
                     recipe = gr.Dropdown(recipes, value=NO_RECIPE, label="recipe",
                                          elem_id="recipe")
@@ -97,17 +100,15 @@ def build(studio: Studio) -> gr.Blocks:
                     main[MAIN_OPTIONS.index("output_iter")].value = PREVIEW_EVERY
                     with gr.Accordion("advanced", open=False):
                         advanced = [option_component(name) for name in ADVANCED_OPTIONS]
-                    with gr.Row():
-                        start = gr.Button("Dream", variant="primary", elem_id="dream")
-                        stop = gr.Button("Stop", variant="stop", elem_id="stop")
                 with gr.Column():
                     preview = gr.Image(label="preview", interactive=False, format="png",
                                        elem_id="preview")
                     progress = gr.Markdown(elem_id="progress")
-                    history = gr.Gallery(label="history", columns=4, elem_id="history",
-                                         allow_preview=False)
+                    history = gr.Gallery(label="history", columns=4, height=220,
+                                         elem_id="history", allow_preview=False)
                     download = gr.DownloadButton("Download PNG", elem_id="download")
-                    command = gr.Code(label="equivalent command line", language="shell")
+                    command = gr.Code(label="equivalent command line", language="shell",
+                                      elem_id="command")
                     recorded = gr.Code(label="settings", language="json")
         panel = [*main, *advanced]
 

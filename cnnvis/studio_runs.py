@@ -193,9 +193,9 @@ def run_picture(studio: Studio, session: Session, photo_path: str | None, model_
         picture = item.picture if stopped else item
         if picture is None:
             raise UserError("the run was stopped before its first step; run it again.")
-        result = _save(session, number, picture, model, photo_path, depth, options,
-                       f" (stopped at step {done['steps']} of {total})" if stopped else "")
-        yield Update(picture.rgb(), _progress_text(done["steps"], total, started), result)
+        note = f"stopped at step {done['steps']} of {total}" if stopped else f"{total} steps"
+        result = _save(session, number, picture, model, photo_path, depth, options, note)
+        yield Update(picture.rgb(), f"{note}, in {time.monotonic() - started:.0f} s", result)
         return
 
 
@@ -215,7 +215,7 @@ def _save(session: Session, number: int, picture: cnnvis.Picture, model: cnnvis.
     save_picture(png, picture.rgb(depth), recorded_text(model.name, picture.seed, argv, True))
     settings = {"model": model.name, "seed": picture.seed, "output_depth": depth,
                 **dataclasses.asdict(options)}
-    result = Result(number, png, f"#{number} {model.name}, seed {picture.seed}{note}",
+    result = Result(number, png, f"#{number} {model.name}, seed {picture.seed}, {note}",
                     " ".join(["python cnn_vis.py", *argv]),
                     json.dumps(settings, indent=1))
     session.results.append(result)

@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -168,3 +167,90 @@ def test_eight_clients_at_once_each_get_their_own_picture_first_come_first_serve
                          .read_text()).group(1)) * 1024
     print(f"\nstudio peak RSS after 8 clients: {peak / 2**20:.0f} MiB")
     assert peak < 3 * 2**30
+
+
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def page(tmp_path):
+    """A page of a fresh headless Chromium (Debian's), with a user folder of its own."""
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            tmp_path / "chromium", executable_path=CHROMIUM, args=BROWSER_ARGS, headless=True,
+            viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        browser.set_default_timeout(60_000)
+        yield browser.new_page()
+        browser.close()
+
+
+def _previews_seen(page, count: int) -> list[str]:
+    """The preview's first `count` pictures (their addresses), as they come."""
+    seen: list[str] = []
+    deadline = time.monotonic() + 120
+    while len(seen) < count and time.monotonic() < deadline:
+        source = page.locator("#preview img").first.get_attribute("src") if page.locator(
+            "#preview img").count() else None
+        if source and source not in seen:
+            seen.append(source)
+        time.sleep(0.05)
+    return seen
+
+
+@needs_gradio
+@needs_chromium
+def test_in_a_browser_a_photo_dreamed_with_a_recipe_previewed_stopped_and_downloaded(
+        studio, model, page, tmp_path):
+    from playwright.sync_api import expect
+    photo = _photo(tmp_path / "coffee.png", 380)
+    page.goto(studio.url)
+    page.locator("#photo input[type=file]").set_input_files(photo)
+    page.locator("#recipe input").click()
+    page.get_by_role("option", name="dream", exact=True).click()
+    steps = page.locator("#option-num_steps input")
+    expect(steps).to_have_value("30")   # the recipe's, shown in its control
+    steps.fill("400")
+    steps.press("Tab")
+    page.locator("#dream").click()
+    assert len(_previews_seen(page, 2)) == 2
+    expect(page.locator("#progress")).to_contain_text(re.compile(r"step \d+ of 800, about \d+ s left"))
+    page.locator("#stop").click()
+    expect(page.locator("#history")).to_contain_text(re.compile(r"stopped at step \d+ of 800"))
+    expect(page.locator("#progress")).to_contain_text(re.compile(r"stopped at step \d+ of 800, in"))
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=tmp_path / "studio.png")
+    if os.environ.get("CNN_VIS_STUDIO_SCREENSHOT"):   # the README's picture, made again
+        with Image.open(tmp_path / "studio.png") as shot:   # 256 colours: a quarter the bytes
+            shot.convert("RGB").quantize(256).save(ROOT / "docs" / "studio.png", optimize=True)
+
+    steps.fill("2")
+    steps.press("Tab")
+    page.locator("#dream").click()
+    expect(page.locator("#history img")).to_have_count(2)
+    with page.expect_download() as download:
+        page.locator("#download").click()
+    png = tmp_path / "downloaded.png"
+    download.value.save_as(png)
+    options = {**recipe_values("dream", MODEL), "num_steps": 2, "output_iter": 5}
+    expected = cnnvis.dream(_pixels(photo), model, seed=0, **options)
+    assert np.array_equal(_pixels(png), np.asarray(expected))
+    with Image.open(png) as image:
+        assert image.text["cnn-vis:seed"] == "0"
+        assert "--num_steps 2 " in image.text["cnn-vis:command"]
+    page.locator("#history img").first.click()   # the stopped picture's settings
+    expect(page.locator("#command")).to_contain_text("--num_steps 400")
+
+
+@needs_gradio
+@needs_chromium
+def test_in_a_browser_a_corrupt_upload_is_a_message_on_the_page(studio, page, tmp_path):
+    corrupt = tmp_path / "broken.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not an image" * 50)
+    page.goto(studio.url)
+    page.locator("#photo input[type=file]").set_input_files(corrupt)
+    page.locator("#dream").click()
+    expect_text = page.get_by_text(re.compile("cannot read image .*not an image file Pillow can decode"))
+    expect_text.first.wait_for()
+    assert studio.process.poll() is None
