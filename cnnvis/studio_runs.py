@@ -108,7 +108,10 @@ class Studio:
             raise UserError(f"the photo has {width}x{height} pixels, more than this studio takes "
                             f"({self.max_pixels / 1e6:g} million, --max_upload_megapixels); "
                             "downscale it first.")
-        return load_rgb(path, "the photo")
+        try:
+            return load_rgb(path, "the photo")
+        except UserError as error:   # named as the user knows it, not by the studio's folder
+            raise UserError(str(error).replace(path, Path(path).name)) from None
 
     def next_run(self) -> int:
         with self._lock:

@@ -254,3 +254,71 @@ def test_in_a_browser_a_corrupt_upload_is_a_message_on_the_page(studio, page, tm
     expect_text = page.get_by_text(re.compile("cannot read image .*not an image file Pillow can decode"))
     expect_text.first.wait_for()
     assert studio.process.poll() is None
+
+
+def _events(studio: RunningStudio, data: list) -> str:
+    """What the studio answers to a raw call of its dream endpoint with `data` (the
+    server-sent events, as text)."""
+    import httpx
+    call = httpx.post(f"{studio.url}gradio_api/call/dream", json={"data": data}, timeout=60)
+    call.raise_for_status()
+    return httpx.get(f"{studio.url}gradio_api/call/dream/{call.json()['event_id']}",
+                     timeout=120).text
+
+
+@needs_gradio
+def test_bad_uploads_and_requests_naming_paths_are_messages_and_the_studio_keeps_serving(
+        studio, tmp_path):
+    import httpx
+    from gradio_client import Client, handle_file
+    client = Client(studio.url, verbose=False)
+
+    def dream(photo):
+        return client.predict(photo, MODEL, "", 0, 8, *_panel(num_steps=1), api_name="/dream")
+
+    rng = np.random.default_rng(0)
+    heavy = tmp_path / "heavy.png"   # noise does not compress: 1.5 MB
+    Image.fromarray(rng.integers(0, 256, (700, 700, 3), dtype=np.uint8)).save(heavy)
+    wide = tmp_path / "wide.png"     # 0.36 million pixels of one colour, a few kB
+    Image.new("RGB", (600, 600), (90, 120, 200)).save(wide)
+    bomb = tmp_path / "bomb.png"     # 400 million pixels in 50 kB
+    Image.new("1", (20_000, 20_000)).save(bomb)
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0" + bytes(300))
+    for photo, message in ((heavy, "exceeds the maximum|too large|MB"),
+                           (wide, r"600x600 pixels, more than this studio takes \(0.3 million, "
+                                  r"--max_upload_megapixels\)"),
+                           (bomb, "cannot read image 'bomb.png': .*could be decompression bomb"),
+                           (corrupt, "cannot read image 'corrupt.jpg': not an image file Pillow "
+                                     "can decode")):
+        with pytest.raises(Exception, match=message):
+            dream(handle_file(photo))
+
+    # A picture of this session, in its folder; the path of a file outside the studio.
+    dream(handle_file(_photo(tmp_path / "coffee.png", 224)))
+    (own,) = (studio.root() / "sessions" / hashlib.sha256(client.session_hash.encode())
+              .hexdigest()[:32]).glob("*.png")
+    outside = _photo(tmp_path / "outside.png", 224)
+    panel = [MODEL, "", 0, 8, *_panel(num_steps=1)]
+    for path in (str(outside), str(own), "/etc/passwd", f"{studio.root()}/uploads/../../outside.png"):
+        answer = _events(studio, [{"path": path, "meta": {"_type": "gradio.FileData"}}, *panel])
+        assert "event: error" in answer and "not uploaded by a user" in answer
+    answer = _events(studio, [{"path": "http://127.0.0.1:9/photo.png", "url": "http://127.0.0.1:9/",
+                               "meta": {"_type": "gradio.FileData"}}, *panel])
+    assert "not addresses; upload the file itself" in answer
+    for path in (outside, own):   # neither is served
+        assert httpx.get(f"{studio.url}gradio_api/file={path}").status_code in (403, 404)
+
+    # An upload named ../../escape.png lands in the upload folder, and dreams.
+    upload = httpx.post(f"{studio.url}gradio_api/upload",
+                        files={"files": ("../../escape.png", outside.read_bytes(), "image/png")})
+    (uploaded,) = upload.json()
+    assert Path(uploaded).resolve().is_relative_to(studio.root() / "uploads")
+    answer = _events(studio, [{"path": uploaded, "meta": {"_type": "gradio.FileData"}}, *panel])
+    assert "event: complete" in answer
+    written = [path for path in studio.tmp.rglob("*") if path.is_file()
+               and not path.is_relative_to(studio.root())]
+    assert written == []
+    assert [path for path in tmp_path.parent.rglob("escape.png")
+            if not path.is_relative_to(studio.root() / "uploads")] == []
+    assert studio.process.poll() is None
