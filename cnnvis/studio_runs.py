@@ -179,27 +179,32 @@ def run_picture(studio: Studio, session: Session, photo_path: str | None, model_
         except Exception as error:  # noqa: BLE001 - handed to the page's thread, raised there
             updates.put(error)
 
-    threading.Thread(target=work, daemon=True, name=f"studio-run-{number}").start()
+    worker = threading.Thread(target=work, daemon=True, name=f"studio-run-{number}")
+    worker.start()
     total = options.num_steps * options.num_sizes
-    while True:
-        try:
-            item = updates.get(timeout=0.5)
-        except queue.Empty:
-            yield Update(None, _progress_text(done["steps"], total, started))
-            continue
-        if isinstance(item, np.ndarray):
-            yield Update(item, _progress_text(done["steps"], total, started))
-            continue
-        if isinstance(item, Exception):
-            raise item
-        stopped = isinstance(item, Interrupted)
-        picture = item.picture if stopped else item
-        if picture is None:
-            raise UserError("the run was stopped before its first step; run it again.")
-        note = f"stopped at step {done['steps']} of {total}" if stopped else f"{total} steps"
-        result = _save(session, number, picture, model, photo_path, depth, options, note)
-        yield Update(picture.rgb(), f"{note}, in {time.monotonic() - started:.0f} s", result)
-        return
+    try:
+        while True:
+            try:
+                item = updates.get(timeout=0.5)
+            except queue.Empty:
+                yield Update(None, _progress_text(done["steps"], total, started))
+                continue
+            if isinstance(item, np.ndarray):
+                yield Update(item, _progress_text(done["steps"], total, started))
+                continue
+            if isinstance(item, Exception):
+                raise item
+            stopped = isinstance(item, Interrupted)
+            picture = item.picture if stopped else item
+            if picture is None:
+                raise UserError("the run was stopped before its first step; run it again.")
+            note = f"stopped at step {done['steps']} of {total}" if stopped else f"{total} steps"
+            result = _save(session, number, picture, model, photo_path, depth, options, note)
+            yield Update(picture.rgb(), f"{note}, in {time.monotonic() - started:.0f} s", result)
+            return
+    finally:   # a page closed mid-run stops its run too: the device takes one at a time
+        session.stop.set()
+        worker.join()
 
 
 def _progress_text(steps: int, total: int, started: float) -> str:
