@@ -22,25 +22,28 @@ NOT_AN_UPLOAD = "the studio takes photos uploaded to it, not addresses; upload t
 STUDIO_MODEL = "efficientnet_lite0"   # offline: its weights come with a Python package
 
 
-class PhotoUpload(gr.Image):
-    """An image input that hands over the path of a file uploaded to this studio, unread
-    (the studio checks it as the command line checks files), and takes nothing else: Gradio's
-    own would also fetch an address, or decode the image before the studio's limits apply."""
+def photo_upload(**shown) -> gr.Image:
+    """Gradio's image input, handing over the path of a file uploaded to this studio unread
+    (the studio checks it as the command line checks files) and taking nothing else: as it
+    comes, it would also fetch an address, or decode the image before the studio's limits
+    apply. (Its methods are replaced, not overridden: Gradio writes a .pyi file beside the
+    module of a subclass of its components.)"""
+    photo = gr.Image(type="filepath", sources=["upload"], image_mode=None, **shown)
+    move_to_cache = photo.async_move_resource_to_block_cache
 
-    def get_block_name(self) -> str:
-        return "image"   # the page draws it as Gradio's own image input
-
-    async def async_move_resource_to_block_cache(self, url_or_file_path):
+    async def uploads_only(url_or_file_path):
         if is_http_url_like(str(url_or_file_path)):
             raise gr.Error(NOT_AN_UPLOAD, print_exception=False)
-        return await super().async_move_resource_to_block_cache(url_or_file_path)
+        return await move_to_cache(url_or_file_path)
 
-    def preprocess(self, payload) -> str | None:
-        if payload is None:
-            return None
-        if payload.path is None:
+    def path_only(payload) -> str | None:
+        if payload is not None and payload.path is None:
             raise gr.Error(NOT_AN_UPLOAD, print_exception=False)
-        return payload.path
+        return None if payload is None else payload.path
+
+    photo.async_move_resource_to_block_cache = uploads_only
+    photo.preprocess = path_only
+    return photo
 
 
 def option_component(name: str):
@@ -82,8 +85,7 @@ def build(studio: Studio) -> gr.Blocks:
         with gr.Tab("Picture"):
             with gr.Row():
                 with gr.Column():
-                    photo = PhotoUpload(type="filepath", sources=["upload"], elem_id="photo",
-                                        label="photo (empty: noise)", image_mode=None)
+                    photo = photo_upload(elem_id="photo", label="photo (empty: noise)")
                     with gr.Row():
                         start = gr.Button("Dream", variant="primary", elem_id="dream")
                         stop = gr.Button("Stop", variant="stop", elem_id="stop")
