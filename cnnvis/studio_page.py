@@ -4,6 +4,8 @@ defaults and help from `cnnvis.settings`), the live preview, Stop, and the sessi
 """
 from __future__ import annotations
 
+import json
+
 import gradio as gr
 from gradio_client.utils import is_http_url_like
 
@@ -119,13 +121,27 @@ def build(studio: Studio) -> gr.Blocks:
             values["output_iter"] = PREVIEW_EVERY
             return [values["target_layer"] or "", *(values[name] for name in PANEL_OPTIONS)]
 
-        recipe.change(show_recipe, [recipe, model], [layer, *panel], api_name=False)
-        model.change(lambda name: gr.Dropdown(choices=layer_choices(name), value=""), model,
-                     layer, api_name=False)
+        recipe.input(show_recipe, [recipe, model], [layer, *panel], api_name=False)
+        model.input(lambda name: gr.Dropdown(choices=layer_choices(name), value=""), model,
+                    layer, api_name=False)
+        # A session outlives a refresh of the page: the browser keeps its key.
+        key = gr.BrowserState("", storage_key="cnn-vis-studio-session")
+
+        def session_of(key_value, request: gr.Request):
+            return studio.session(key_value if studio.issued(key_value) else request.session_hash)
+
+        def restore(key_value, request: gr.Request):
+            if not studio.issued(key_value):
+                key_value = studio.issue_key()
+            session = studio.session(key_value)
+            return key_value, [(str(r.png), r.caption) for r in session.results]
+
+        app.load(restore, key, [key, history], api_name=False)
 
         def dream(photo_path, model_name, layer_name, seed_value, output_depth,
                   request: gr.Request, *shown):
-            session = studio.session(request.session_hash)
+            *shown, key_value = shown
+            session = session_of(key_value, request)
             values = {name: option_value(name, value) for name, value in zip(PANEL_OPTIONS, shown)}
             values["target_layer"] = layer_name or None
             try:
@@ -139,22 +155,29 @@ def build(studio: Studio) -> gr.Blocks:
             except UserError as error:
                 raise gr.Error(str(error), print_exception=False) from None
 
-        start.click(dream, [photo, model, layer, seed, depth, *panel],
+        start.click(dream, [photo, model, layer, seed, depth, *panel, key],
                     [preview, progress, history, download, command, recorded],
                     api_name="dream", concurrency_limit=1, concurrency_id="device")
-        def stop_run(request: gr.Request) -> None:
-            studio.session(request.session_hash).stop.set()
 
-        stop.click(stop_run, None, None, queue=False, api_name="stop")
+        def stop_run(key_value, request: gr.Request) -> None:
+            session_of(key_value, request).stop.set()
 
-        def select(event: gr.SelectData, request: gr.Request):
-            results = studio.session(request.session_hash).results
+        stop.click(stop_run, key, None, queue=False, api_name="stop")
+
+        def select(key_value, event: gr.SelectData, request: gr.Request):
+            """The chosen picture's file, command line and settings, and its settings in the
+            controls, to dream it again."""
+            results = session_of(key_value, request).results
             if not isinstance(event.index, int) or not 0 <= event.index < len(results):
                 raise gr.Error("no such picture in this session's history.")
             chosen = results[event.index]
-            return str(chosen.png), chosen.command, chosen.settings
+            values = json.loads(chosen.settings)
+            return (str(chosen.png), chosen.command, chosen.settings, values["model"],
+                    values["target_layer"] or "", values["seed"], values["output_depth"],
+                    *(values[name] for name in PANEL_OPTIONS))
 
-        history.select(select, None, [download, command, recorded], api_name=False)
+        history.select(select, key, [download, command, recorded, model, layer, seed, depth,
+                                     *panel], api_name=False)
     return app
 
 

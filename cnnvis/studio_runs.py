@@ -2,10 +2,11 @@
 history, the checks of an upload, and one picture's run with its previews, made through the
 public API (`cnnvis.load_model`, `cnnvis.render`) as a script would make it.
 
-A session is named by Gradio's session hash; its folder is a hash of that, inside the
-studio's own temporary folder, so no name that a request gives becomes a path. Gradio keeps
-uploads and the files it serves in the folder's `uploads/`; the sessions' own pictures, in
-`sessions/`, are never served themselves.
+A session is named by a key that the studio issued and the browser keeps (so it outlives a
+refresh), or else by Gradio's session hash (a client of the HTTP API); its folder is a hash
+of that, inside the studio's own temporary folder, so no name that a request gives becomes
+a path. Gradio keeps uploads and the files it serves in the folder's `uploads/`; the
+sessions' own pictures, in `sessions/`, are never served themselves.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -67,12 +69,24 @@ class Studio:
         self.max_pixels = int(max_upload_megapixels * 1e6)
         self.device = "cpu" if gpu < 0 else None   # None: the GPU when there is one
         self._sessions: dict[str, Session] = {}
+        self._keys: set[str] = set()
         self._models: dict[str, cnnvis.VisModel] = {}
         self._lock = threading.Lock()
         self._runs = 0
 
-    def session(self, session_hash: str) -> Session:
-        folder_name = hashlib.sha256(session_hash.encode()).hexdigest()[:32]
+    def issue_key(self) -> str:
+        """A new session's key, for the browser to keep (a secret: it names the session)."""
+        key = secrets.token_urlsafe(24)
+        with self._lock:
+            self._keys.add(key)
+        return key
+
+    def issued(self, key: object) -> bool:
+        return isinstance(key, str) and key in self._keys
+
+    def session(self, key: str) -> Session:
+        """The session of `key`: a key this studio issued, or Gradio's session hash."""
+        folder_name = hashlib.sha256(key.encode()).hexdigest()[:32]
         with self._lock:
             if folder_name not in self._sessions:
                 folder = self.root / "sessions" / folder_name

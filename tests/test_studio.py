@@ -124,7 +124,8 @@ def _photo(path: Path, size: int) -> Path:
 
 def _panel(**values) -> list:
     """The dream endpoint's picture options, in the page's order, at the table's defaults
-    but for `values`."""
+    but for `values`. (After them the endpoint takes the browser's session key: "" for
+    none, the session of the client's own session hash.)"""
     from cnnvis.studio_page import PANEL_OPTIONS
     options = {**recipe_values(None, MODEL), "output_iter": 5, **values}
     return [options[name] for name in PANEL_OPTIONS]
@@ -148,7 +149,7 @@ def test_eight_clients_at_once_each_get_their_own_picture_first_come_first_serve
                       download_files=tmp_path / str(number)) for number in range(8)]
     jobs = []
     for seed, client in enumerate(clients):
-        jobs.append(client.submit(None, MODEL, "", seed, 8, *_panel(num_steps=2),
+        jobs.append(client.submit(None, MODEL, "", seed, 8, *_panel(num_steps=2), "",
                                   api_name="/dream"))
         # The next client asks only once the server holds this one's request.
         while jobs[-1].status().code.name in ("STARTING", "JOINING_QUEUE"):
@@ -243,8 +244,11 @@ def test_in_a_browser_a_photo_dreamed_with_a_recipe_previewed_stopped_and_downlo
     with Image.open(png) as image:
         assert image.text["cnn-vis:seed"] == "0"
         assert "--num_steps 2 " in image.text["cnn-vis:command"]
-    page.locator("#history img").first.click()   # the stopped picture's settings
+    page.reload()   # the session, and its history, outlive a refresh
+    expect(page.locator("#history img")).to_have_count(2)
+    page.locator("#history img").first.click()   # the stopped picture: to dream it again
     expect(page.locator("#command")).to_contain_text("--num_steps 400")
+    expect(steps).to_have_value("400")
 
 
 @needs_gradio
@@ -279,7 +283,8 @@ def test_bad_uploads_and_requests_naming_paths_are_messages_and_the_studio_keeps
                     download_files=tmp_path / "client")
 
     def dream(photo):
-        return client.predict(photo, MODEL, "", 0, 8, *_panel(num_steps=1), api_name="/dream")
+        return client.predict(photo, MODEL, "", 0, 8, *_panel(num_steps=1), "",
+                              api_name="/dream")
 
     rng = np.random.default_rng(0)
     heavy = tmp_path / "heavy.png"   # noise does not compress: 1.5 MB
@@ -304,7 +309,7 @@ def test_bad_uploads_and_requests_naming_paths_are_messages_and_the_studio_keeps
     (own,) = (studio.root() / "sessions" / hashlib.sha256(client.session_hash.encode())
               .hexdigest()[:32]).glob("*.png")
     outside = _photo(tmp_path / "outside.png", 224)
-    panel = [MODEL, "", 0, 8, *_panel(num_steps=1)]
+    panel = [MODEL, "", 0, 8, *_panel(num_steps=1), ""]   # "": no key, the session hash's
     for path in (str(outside), str(own), "/etc/passwd",
                  f"{studio.root()}/uploads/../../outside.png"):
         answer = _events(studio, [{"path": path, "meta": {"_type": "gradio.FileData"}}, *panel])
