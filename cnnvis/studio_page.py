@@ -108,8 +108,8 @@ def build(studio: Studio) -> gr.Blocks:
                     preview = gr.Image(label="preview", interactive=False, format="png",
                                        elem_id="preview")
                     progress = gr.Markdown(elem_id="progress")
-                    history = gr.Gallery(label="history", columns=4, height=220,
-                                         elem_id="history", allow_preview=False)
+                    history = gr.Gallery(label="history", columns=4, fit_columns=False,
+                                         height=220, elem_id="history", allow_preview=False)
                     download = gr.DownloadButton("Download PNG", elem_id="download")
                     command = gr.Code(label="equivalent command line", language="shell",
                                       elem_id="command")

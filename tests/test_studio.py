@@ -209,6 +209,8 @@ def test_in_a_browser_a_photo_dreamed_with_a_recipe_previewed_stopped_and_downlo
     from playwright.sync_api import expect
     photo = _photo(tmp_path / "coffee.png", 380)
     page.goto(studio.url)
+    # The page has its session's key (the load event's) before it dreams.
+    page.wait_for_function("() => localStorage.getItem('cnn-vis-studio-session')")
     page.locator("#photo input[type=file]").set_input_files(photo)
     page.locator("#recipe input").click()
     page.get_by_role("option", name="dream", exact=True).click()
@@ -218,7 +220,7 @@ def test_in_a_browser_a_photo_dreamed_with_a_recipe_previewed_stopped_and_downlo
     page.locator("#option-output_iter input").fill("2")   # a preview every 2 steps
     page.locator("#option-output_iter input").press("Tab")
     page.locator("#dream").click()
-    assert len(_previews_seen(page, 2)) == 2
+    assert len(_previews_seen(page, 6)) == 6   # and the dream shows in the screenshot
     expect(page.locator("#progress")).to_contain_text(
         re.compile(r"step \d+ of 800, about \d+ s left"))
     page.locator("#stop").click()
