@@ -1,6 +1,7 @@
 """The studio's page (Gradio Blocks): the picture tab, with the main controls in view and
 every other picture option in an advanced panel made from the option table (names, ranges,
-defaults and help from `cnnvis.settings`), the live preview, Stop, and the session's history.
+defaults and help from `cnnvis.settings`), the live preview, Stop, and the session's history;
+and the atlas tab, a layer's neurons filled in as they are made.
 """
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ import cnnvis
 from cnnvis.errors import UserError
 from cnnvis.settings import OUTPUT_DEPTHS, DreamOptions, default, option_settings
 from cnnvis.studio_runs import (ADVANCED_OPTIONS, MAIN_OPTIONS, PREVIEW_EVERY, Studio,
-                                recipe_values, run_picture)
+                                recipe_values, run_atlas, run_picture)
 from cnnvis.workflows import list_recipes
 
 SETTINGS = {f.name: (f, setting) for f, setting in option_settings(DreamOptions)}
 PANEL_OPTIONS = (*MAIN_OPTIONS, *ADVANCED_OPTIONS)
 NO_RECIPE = "(none)"
+ATLAS_RECIPE = "neuron"
 OWN_LAYER = ("the model's own (or the recipe's)", "")
 NOT_AN_UPLOAD = "the studio takes photos uploaded to it, not addresses; upload the file itself."
 STUDIO_MODEL = "efficientnet_lite0"   # offline: its weights come with a Python package
@@ -48,10 +50,10 @@ def photo_upload(**shown) -> gr.Image:
     return photo
 
 
-def option_component(name: str):
+def option_component(name: str, tab: str = "option"):
     """The control of picture option `name`, as the option table describes it."""
     f, setting = SETTINGS[name]
-    shown = {"label": name, "info": setting.help, "elem_id": f"option-{name}"}
+    shown = {"label": name, "info": setting.help, "elem_id": f"{tab}-{name}"}
     if setting.kind is bool:
         return gr.Checkbox(value=f.default, **shown)
     if setting.choices:
@@ -114,6 +116,24 @@ def build(studio: Studio) -> gr.Blocks:
                     command = gr.Code(label="equivalent command line", language="shell",
                                       elem_id="command")
                     recorded = gr.Code(label="settings", language="json")
+        with gr.Tab("Atlas"):
+            gr.Markdown("A layer's neurons as a grid, each dreamed from noise with the neuron "
+                        "recipe and the picture tab's model, filled in as they are made.")
+            with gr.Row():
+                atlas_layer = gr.Dropdown(layer_choices(STUDIO_MODEL), value="",
+                                          label="target_layer", elem_id="atlas-layer")
+                neurons = gr.Textbox("0-7", label="target_neuron", elem_id="atlas-neurons",
+                                     info=SETTINGS["target_neuron"][1].help)
+                atlas_steps = option_component("num_steps", "atlas")
+                atlas_steps.value = recipe_values(ATLAS_RECIPE, STUDIO_MODEL)["num_steps"]
+                atlas_seed = gr.Number(value=0, precision=0, minimum=0, label="seed",
+                                       info="neuron k of the list gets seed + k")
+            with gr.Row():
+                atlas_start = gr.Button("Make the atlas", variant="primary", elem_id="atlas")
+                atlas_stop = gr.Button("Stop", variant="stop")
+            atlas_progress = gr.Markdown()
+            grid = gr.Gallery(label="neurons", columns=8, fit_columns=False,
+                              allow_preview=False)
         panel = [*main, *advanced]
 
         def show_recipe(recipe_name: str, model_name: str):
@@ -122,8 +142,8 @@ def build(studio: Studio) -> gr.Blocks:
             return [values["target_layer"] or "", *(values[name] for name in PANEL_OPTIONS)]
 
         recipe.input(show_recipe, [recipe, model], [layer, *panel], api_name=False)
-        model.input(lambda name: gr.Dropdown(choices=layer_choices(name), value=""), model,
-                    layer, api_name=False)
+        model.input(lambda name: (gr.Dropdown(choices=layer_choices(name), value=""),) * 2,
+                    model, [layer, atlas_layer], api_name=False)
         # A session outlives a refresh of the page: the browser keeps its key.
         key = gr.BrowserState("", storage_key="cnn-vis-studio-session")
 
@@ -163,6 +183,24 @@ def build(studio: Studio) -> gr.Blocks:
             session_of(key_value, request).stop.set()
 
         stop.click(stop_run, key, None, queue=False, api_name="stop")
+        atlas_stop.click(stop_run, key, None, queue=False, api_name=False)
+
+        def make_atlas(model_name, layer_name, neuron_text, steps, seed_value, key_value,
+                       request: gr.Request):
+            values = {**recipe_values(ATLAS_RECIPE, model_name),
+                      "num_steps": option_value("num_steps", steps)}
+            if layer_name:
+                values["target_layer"] = layer_name
+            try:
+                yield from run_atlas(studio, session_of(key_value, request), model_name,
+                                     neuron_text, None if seed_value is None else int(seed_value),
+                                     values)
+            except UserError as error:
+                raise gr.Error(str(error), print_exception=False) from None
+
+        atlas_start.click(make_atlas, [model, atlas_layer, neurons, atlas_steps, atlas_seed, key],
+                          [grid, atlas_progress], api_name="atlas", concurrency_limit=1,
+                          concurrency_id="device")
 
         def select(key_value, event: gr.SelectData, request: gr.Request):
             """The chosen picture's file, command line and settings, and its settings in the

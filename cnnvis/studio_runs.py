@@ -242,3 +242,38 @@ def _save(session: Session, number: int, picture: cnnvis.Picture, model: cnnvis.
                     json.dumps(settings, indent=1))
     session.results.append(result)
     return result
+
+
+def run_atlas(studio: Studio, session: Session, model_name: str, neurons: str,
+              seed: int | None, values: dict[str, object]) -> Iterator[tuple[list, str]]:
+    """Pictures of the target layer's `neurons` ("0-7", "all"; `cnnvis.atlas`), each from
+    noise and saved in the session's folder as it finishes: yields the grid so far and the
+    progress. `session.stop` ends it after the neuron being made."""
+    options = DreamOptions.from_keywords(values)
+    model = studio.model(model_name)
+    number = studio.next_run()
+    print(f"cnn-vis studio: run {number} (an atlas) for session {session.folder.name} started",
+          flush=True)
+    session.stop.clear()
+    folder = session.folder / f"atlas-{number}"
+    folder.mkdir()
+    started, grid = time.monotonic(), []
+    results = cnnvis.atlas(None, model, neurons=neurons, seed=check_seed(seed),
+                           **dataclasses.asdict(options))
+    try:
+        for result in results:
+            if result.error is not None:
+                raise UserError(f"{result.job.name}: {result.error}")
+            neuron = result.job.options["target_neuron"]
+            argv = equivalent_command(model.name, result.job.seed, None, 8, dataclasses.replace(
+                options, target_neuron=neuron))
+            png = folder / f"neuron-{neuron}.png"
+            save_picture(png, result.rgb, recorded_text(model.name, result.job.seed, argv, True))
+            grid.append((str(png), f"neuron {neuron}, seed {result.job.seed}"))
+            stopped = session.stop.is_set()
+            yield grid, (f"{'stopped after ' if stopped else ''}{len(grid)} neurons, in "
+                         f"{time.monotonic() - started:.0f} s")
+            if stopped:
+                return
+    finally:
+        results.close()

@@ -335,3 +335,21 @@ def test_bad_uploads_and_requests_naming_paths_are_messages_and_the_studio_keeps
     assert [path for path in tmp_path.parent.rglob("escape.png")
             if not path.is_relative_to(studio.root() / "uploads")] == []
     assert studio.process.poll() is None
+
+
+@needs_gradio
+def test_an_atlas_fills_in_the_neurons_pictures_as_cnnvis_atlas_makes_them(studio, model,
+                                                                             tmp_path):
+    from gradio_client import Client
+    client = Client(studio.url, verbose=False, analytics_enabled=False,
+                    download_files=tmp_path)
+    grid, progress = client.predict(MODEL, "stage2/block1", "3,0", 1, 7, "", api_name="/atlas")
+    assert progress.startswith("2 neurons, in ")
+    options = {**recipe_values("neuron", MODEL), "num_steps": 1, "target_layer": "stage2/block1"}
+    expected = {f"neuron {result.job.options['target_neuron']}, seed {result.job.seed}": result.rgb
+                for result in cnnvis.atlas(None, model, neurons="3,0", seed=7, **options)}
+    assert sorted(expected) == ["neuron 0, seed 8", "neuron 3, seed 7"]
+    assert {item["caption"]: _pixels(item["image"]).tolist() for item in grid} == {
+        caption: rgb.tolist() for caption, rgb in expected.items()}
+    with pytest.raises(Exception, match="--target_neuron 99 .*stage2/block1"):
+        client.predict(MODEL, "stage2/block1", "0,99", 1, 7, "", api_name="/atlas")
