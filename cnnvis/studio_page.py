@@ -83,7 +83,10 @@ def build(studio: Studio) -> gr.Blocks:
     """The studio's page, serving `studio`'s sessions."""
     models = [name for name, *_ in cnnvis.list_models()]
     recipes = [NO_RECIPE, *(name for name, *_ in list_recipes())]
-    with gr.Blocks(title="cnn-vis studio", analytics_enabled=False) as app:
+    # Gradio's cache (uploads, previews, the copies it serves) keeps a day: the sessions'
+    # own pictures stay in their folders, and are served again from there.
+    with gr.Blocks(title="cnn-vis studio", analytics_enabled=False,
+                   delete_cache=(3600, 24 * 3600)) as app:
         gr.Markdown("# cnn-vis studio\nDrop a photo (or leave it empty to start from noise), "
                     "pick a recipe, dream, and stop when it looks right.")
         with gr.Tab("Picture"):
