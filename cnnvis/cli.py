@@ -17,7 +17,6 @@ from cnnvis.console import exit_status, guarded_process
 from cnnvis.engine import keep_freed_memory
 from cnnvis.errors import UserError
 from cnnvis.settings import default
-from cnnvis.studio import check_studio_options
 
 EXIT_USER_ERROR, EXIT_INTERNAL_ERROR = 2, 1
 NOT_ENOUGH_MEMORY = ("error: this machine has not enough memory for the run; use smaller sizes "
@@ -69,7 +68,7 @@ def _out_of_memory(error: Exception) -> bool:
 
 def run(options: dict[str, object], argv: list[str]) -> int:
     """One command: a model tool, or what the options make."""
-    check_studio_options(options)
+    studio.check_studio_options(options)
     if options.get("studio"):
         return studio.serve(options)
     model = {name: options[name] for name in ("model", "deploy_txt", "caffe_model", "gpu",

@@ -157,7 +157,7 @@ def build(studio: Studio) -> gr.Blocks:
             if not studio.issued(key_value):
                 key_value = studio.issue_key()
             session = studio.session(key_value)
-            return key_value, [(str(r.png), r.caption) for r in session.results]
+            return key_value, _gallery(session)
 
         app.load(restore, key, [key, history], api_name=False)
 
@@ -222,8 +222,11 @@ def build(studio: Studio) -> gr.Blocks:
     return app
 
 
+def _gallery(session) -> list[tuple[str, str]]:
+    return [(str(result.png), result.caption) for result in session.results]
+
+
 def _history(session) -> tuple:
     """The gallery, and the newest picture's file, command line and settings."""
     newest = session.results[-1]
-    return ([(str(r.png), r.caption) for r in session.results], str(newest.png), newest.command,
-            newest.settings)
+    return _gallery(session), str(newest.png), newest.command, newest.settings
