@@ -11,7 +11,7 @@ import traceback
 
 import torch
 
-from cnnvis import workflows
+from cnnvis import studio, workflows
 from cnnvis.arguments import parse
 from cnnvis.console import exit_status, guarded_process
 from cnnvis.engine import keep_freed_memory
@@ -25,6 +25,8 @@ NOT_ENOUGH_MEMORY = ("error: this machine has not enough memory for the run; use
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["studio"]:   # `cnn-vis studio`, the console script's word for --studio
+        argv = ["--studio", *argv[1:]]
     debug = "--debug" in argv or os.environ.get("CNN_VIS_DEBUG") == "1"
     with guarded_process():
         try:
@@ -66,6 +68,9 @@ def _out_of_memory(error: Exception) -> bool:
 
 def run(options: dict[str, object], argv: list[str]) -> int:
     """One command: a model tool, or what the options make."""
+    studio.check_studio_options(options)
+    if options.get("studio"):
+        return studio.serve(options)
     model = {name: options[name] for name in ("model", "deploy_txt", "caffe_model", "gpu",
                                               "backend", "precision") if name in options}
     if options.get("layer_gallery"):

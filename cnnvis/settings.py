@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from cnnvis.errors import UserError
 from cnnvis.regularizers import TV_OPERATORS
+from cnnvis.setting import Setting
 from cnnvis.sizes import RESIZE_TYPES
 
 # The option groups of --help, in this order.
@@ -25,7 +24,7 @@ GROUPS = ("CNN options", "Image options", "Initialization options", "Resize opti
           "P-norm regularization options", "Auxiliary p-norm regularization options",
           "Total Variation regularization options", "Output options",
           "Animation options", "Model tools (each does its job and exits)",
-          "Large jobs (atlases and folders of images)")
+          "Large jobs (atlases and folders of images)", "Studio (a web app: cnn-vis studio)")
 
 IMAGE_TYPES = ("amplify_layer", "amplify_neuron")
 BACKENDS = ("torch", "caffe")
@@ -39,89 +38,15 @@ VIDEO_SUFFIXES = (".mp4", ".webm", ".gif")   # outputs that hold a sequence of f
 APPLIES = ("any", "zoom", "video", "sequence", "jobs", "tool")
 
 
-@dataclass(frozen=True)
-class Setting:
-    """How one option is spelt, parsed from the command line and checked.
-
-    `kind` is bool (a flag), int, float or str. Numbers are checked against `minimum`
-    (`above`: strictly) and `maximum` (`below`: strictly); a str against `choices` when there are some.
-    """
-
-    kind: type
-    help: str
-    group: str
-    aliases: tuple[str, ...] = ()      # other spellings, e.g. the 2015 script's names
-    minimum: float | None = None
-    above: bool = False
-    maximum: float | None = None
-    below: bool = False
-    choices: tuple | None = None
-    metavar: str | None = None
-    several: bool = False   # on the command line also a list, one job per value (cnnvis.jobs)
-    # Whether the value decides a picture's pixels: recorded with each frame and job picture,
-    # and compared when --resume (or a large job made again) reuses them.
-    recorded: bool = True
-    # Whether --replay takes it from a recorded command (what runs where, not what is made,
-    # is the replaying user's choice).
-    replayed: bool = True
-    path: bool = False      # a file or folder: recorded as an absolute path
-    applies: str = "any"    # the runs it is for: one of APPLIES
-
-    def parse(self, flag: str, text: str) -> Any:
-        """The value of command-line `text`, checked; a UserError naming `flag` otherwise.
-
-        An option that takes `several` values gives the text itself when it is not a
-        single number: the list is read, and checked, where its jobs are made.
-        """
-        if self.several and not text.strip().lstrip("-").isdigit():
-            return text
-        if self.kind in (int, float):
-            try:
-                value = self.kind(text)
-            except ValueError:
-                raise UserError(f"{flag} '{text}' is not "
-                                f"{'an integer' if self.kind is int else 'a number'} (see --help).") from None
-        else:
-            value = self.kind(text)
-        return self.check(flag, value, text)
-
-    def check(self, flag: str, value: Any, shown: str | None = None) -> Any:
-        """`value` if it is a valid value of this option; a UserError naming `flag` otherwise."""
-        shown = str(value) if shown is None else shown
-        if self.kind is bool:
-            if not isinstance(value, bool):
-                raise UserError(f"{flag} takes True or False, not {value!r}.")
-            return value
-        if self.kind in (int, float):
-            kinds = (int,) if self.kind is int else (int, float)
-            if isinstance(value, bool) or not isinstance(value, kinds):
-                raise UserError(f"{flag} '{shown}' is not "
-                                f"{'an integer' if self.kind is int else 'a number'} (see --help).")
-            if self.kind is float and not math.isfinite(value):
-                raise UserError(f"{flag} '{shown}' is not a finite number (see --help).")
-            if self.minimum is not None and (value <= self.minimum if self.above
-                                              else value < self.minimum):
-                raise UserError(f"{flag} {shown} must be {'above' if self.above else 'at least'} "
-                                f"{self.minimum} (see --help).")
-            if self.maximum is not None and (value >= self.maximum if self.below
-                                             else value > self.maximum):
-                raise UserError(f"{flag} {shown} must be {'below' if self.below else 'at most'} "
-                                f"{self.maximum} (see --help).")
-            return self._check_choice(flag, value, shown)
-        if not isinstance(value, self.kind):
-            raise UserError(f"{flag} takes a {self.kind.__name__}, not {value!r}.")
-        return self._check_choice(flag, value, shown)
-
-    def _check_choice(self, flag: str, value: Any, shown: str) -> Any:
-        if self.choices is not None and value not in self.choices:
-            raise UserError(f"{flag} '{shown}' is not one of: "
-                            f"{', '.join(str(c) for c in self.choices)} (see --help).")
-        return value
-
-
 def option(default: Any, kind: type, help: str, group: str, **spec) -> Any:
     """A dataclass field that is an option: its default and its `Setting`."""
     return field(default=default, metadata={"setting": Setting(kind, help, group, **spec)})
+
+
+def _studio_option(default: Any, kind: type, help: str, **spec) -> Any:
+    """An option of the studio: a tool of its own, never recorded in a picture."""
+    return option(default, kind, help, GROUPS[13], recorded=False, replayed=False, applies="tool",
+                  **spec)
 
 
 def _check_fields(instance) -> None:
@@ -342,6 +267,19 @@ class CommandOptions:
                                   GROUPS[11], metavar="NAME", recorded=False, applies="tool")
     debug: bool = option(False, bool, "show tracebacks for errors (also CNN_VIS_DEBUG=1)",
                          GROUPS[11], recorded=False, replayed=False)
+    studio: bool = _studio_option(False, bool, "start the studio, a web app for dreaming in a "
+                                  "browser (needs pip install 'cnn-vis[studio]'), and print its address")
+    port: int = _studio_option(7860, int, "the studio's port", minimum=1, maximum=65535)
+    listen: str = _studio_option("127.0.0.1", str, "the address the studio listens on; one beyond "
+                                 "this machine needs --auth (or --no_auth)", metavar="HOST")
+    auth: str | None = _studio_option(None, str, "the name and password the studio asks for",
+                                      metavar="USER:PASSWORD")
+    no_auth: bool = _studio_option(False, bool, "let a studio that --listen opens beyond this "
+                                   "machine go without --auth: anyone who reaches it can use it")
+    max_upload_mb: float = _studio_option(25.0, float, "the largest photo the studio takes, in MB",
+                                          minimum=0, above=True)
+    max_upload_megapixels: float = _studio_option(40.0, float, "the largest photo the studio "
+                                                  "takes, in millions of pixels", minimum=0, above=True)
     input_video: str | None = option(None, str, "video to dream frame by frame, each at its own "
                                      "size (or --final_size)", GROUPS[10], metavar="VIDEO", path=True, applies="video")
     start_frame: int = option(1, int, "first frame of --input_video to dream (from 1)",

@@ -1,0 +1,279 @@
+"""The studio's work behind the page (`cnnvis.studio`): each browser session's folder and
+history, the checks of an upload, and one picture's run with its previews, made through the
+public API (`cnnvis.load_model`, `cnnvis.render`) as a script would make it.
+
+A session is named by a key that the studio issued and the browser keeps (so it outlives a
+refresh), or else by Gradio's session hash (a client of the HTTP API); its folder is a hash
+of that, inside the studio's own temporary folder, so no name that a request gives becomes
+a path. Gradio keeps uploads and the files it serves in the folder's `uploads/`; the
+sessions' own pictures, in `sessions/`, are never served themselves.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+import cnnvis
+from cnnvis.errors import Interrupted, UserError
+from cnnvis.files import MiB, open_input
+from cnnvis.imageio import load_rgb, save_picture
+from cnnvis.recipes import recipe_options
+from cnnvis.recording import option_argv, recorded_text
+from cnnvis.settings import CommandOptions, DreamOptions, check_seed, option_settings
+
+# What the page shows in view; every other option of a picture is in the advanced panel.
+MAIN_OPTIONS = ("num_steps", "output_iter", "learning_rate", "p_reg", "tv_reg")
+ADVANCED_OPTIONS = tuple(f.name for f, _ in option_settings(DreamOptions)
+                         if f.name not in (*MAIN_OPTIONS, "target_layer"))
+# A preview every few steps: the table's output_iter (50) suits a console, not a page.
+PREVIEW_EVERY = 5
+
+
+@dataclass(frozen=True)
+class Result:
+    """One picture of a session's history."""
+
+    number: int
+    png: Path
+    caption: str
+    command: str            # the equivalent command line
+    settings: str           # the options that made it, as JSON
+
+
+@dataclass
+class Session:
+    folder: Path
+    results: list[Result] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+class Studio:
+    """The sessions, the loaded models and the run counter of one studio process."""
+
+    def __init__(self, root: Path, max_upload_mb: float, max_upload_megapixels: float,
+                 gpu: int):
+        self.root = root
+        self.uploads = root / "uploads"   # Gradio's cache: uploads, and what it serves
+        self.max_bytes = int(max_upload_mb * MiB)
+        self.max_pixels = int(max_upload_megapixels * 1e6)
+        self.device = "cpu" if gpu < 0 else None   # None: the GPU when there is one
+        self._sessions: dict[str, Session] = {}
+        self._keys: set[str] = set()
+        self._models: dict[str, cnnvis.VisModel] = {}
+        self._lock = threading.Lock()
+        self._runs = 0
+
+    def issue_key(self) -> str:
+        """A new session's key, for the browser to keep (a secret: it names the session)."""
+        key = secrets.token_urlsafe(24)
+        with self._lock:
+            self._keys.add(key)
+        return key
+
+    def issued(self, key: object) -> bool:
+        return isinstance(key, str) and key in self._keys
+
+    def session(self, key: str) -> Session:
+        """The session of `key`: a key this studio issued, or Gradio's session hash."""
+        folder_name = hashlib.sha256(key.encode()).hexdigest()[:32]
+        with self._lock:
+            if folder_name not in self._sessions:
+                folder = self.root / "sessions" / folder_name
+                folder.mkdir(parents=True, exist_ok=True)
+                self._sessions[folder_name] = Session(folder)
+            return self._sessions[folder_name]
+
+    def model(self, name: str) -> cnnvis.VisModel:
+        with self._lock:
+            if name not in self._models:
+                self._models[name] = cnnvis.load_model(name, device=self.device)
+            return self._models[name]
+
+    def photo(self, path: str | None) -> np.ndarray | None:
+        """The uploaded photo at `path` (a file of Gradio's upload folder), checked as the
+        command line checks --initial_image, and against the studio's upload limits."""
+        if path is None:
+            return None
+        if not Path(path).resolve().is_relative_to(self.uploads.resolve()):
+            raise UserError("the photo is not a file uploaded to this studio; upload it again.")
+        with open_input(path, "image", "the photo") as file:
+            size = Path(path).stat().st_size
+            if size > self.max_bytes:
+                raise UserError(f"the photo is {size / MiB:.1f} MB, more than this studio takes "
+                                f"({self.max_bytes / MiB:.1f} MB, --max_upload_mb); upload a "
+                                "smaller file.")
+            try:
+                with Image.open(file) as image:
+                    width, height = image.size
+            except Exception:  # noqa: BLE001 - load_rgb below says what is wrong with the file
+                width = height = 0
+        if width * height > self.max_pixels:
+            raise UserError(f"the photo has {width}x{height} pixels, more than this studio takes "
+                            f"({self.max_pixels / 1e6:g} million, --max_upload_megapixels); "
+                            "downscale it first.")
+        try:
+            return load_rgb(path, "the photo")
+        except UserError as error:   # named as the user knows it, not by the studio's folder
+            raise UserError(str(error).replace(path, Path(path).name)) from None
+
+    def next_run(self) -> int:
+        with self._lock:
+            self._runs += 1
+            return self._runs
+
+
+def recipe_values(recipe: str | None, model: str) -> dict[str, object]:
+    """Every picture option's value with recipe `recipe` (None: the table's defaults) for
+    preset `model`, as the page shows them."""
+    values = {f.name: f.default for f, _ in option_settings(DreamOptions)}
+    if recipe:
+        chosen = recipe_options(recipe, model)
+        values.update({name: value for name, value in chosen.items() if name in values})
+    return values
+
+
+def equivalent_command(model: str, seed: int, photo_name: str | None, depth: int,
+                       options: DreamOptions) -> list[str]:
+    """The command line's options that make the same picture."""
+    command = CommandOptions(model=model, seed=seed, initial_image=photo_name, output_depth=depth,
+                             output_file="dream.png")
+    return option_argv(command, options)
+
+
+@dataclass(frozen=True)
+class Update:
+    """What the page shows while a run goes on: the latest preview, the progress, the result."""
+
+    preview: np.ndarray | None
+    progress: str
+    result: Result | None = None
+
+
+def run_picture(studio: Studio, session: Session, photo_path: str | None, model_name: str,
+                seed: int | None, depth: int, values: dict[str, object]) -> Iterator[Update]:
+    """Dream one picture for `session`, yielding a preview every `output_iter` steps and the
+    progress in between; the last update holds the result, saved in the session's folder.
+    `session.stop` ends the run at the next step with the picture as it is."""
+    photo = studio.photo(photo_path)
+    options = DreamOptions.from_keywords(values)
+    seed = check_seed(seed)
+    model = studio.model(model_name)
+    number = studio.next_run()
+    print(f"cnn-vis studio: run {number} for session {session.folder.name} started", flush=True)
+    session.stop.clear()
+    updates: queue.Queue = queue.Queue()
+    done = {"steps": 0}
+    started = time.monotonic()
+
+    def progress(size_index: int, step: int) -> None:
+        done["steps"] += 1
+        if session.stop.is_set():
+            raise Interrupted()
+
+    def preview(report) -> None:
+        updates.put(report.picture.rgb())
+
+    def work() -> None:
+        try:
+            updates.put(cnnvis.render(photo, model, seed=seed, callback=preview,
+                                      progress=progress, **dataclasses.asdict(options)))
+        except Interrupted as stop:
+            updates.put(stop)
+        except Exception as error:  # noqa: BLE001 - handed to the page's thread, raised there
+            updates.put(error)
+
+    worker = threading.Thread(target=work, daemon=True, name=f"studio-run-{number}")
+    worker.start()
+    total = options.num_steps * options.num_sizes
+    try:
+        while True:
+            try:
+                item = updates.get(timeout=0.5)
+            except queue.Empty:
+                yield Update(None, _progress_text(done["steps"], total, started))
+                continue
+            if isinstance(item, np.ndarray):
+                yield Update(item, _progress_text(done["steps"], total, started))
+                continue
+            if isinstance(item, Exception):
+                raise item
+            stopped = isinstance(item, Interrupted)
+            picture = item.picture if stopped else item
+            if picture is None:
+                raise UserError("the run was stopped before its first step; run it again.")
+            note = f"stopped at step {done['steps']} of {total}" if stopped else f"{total} steps"
+            result = _save(session, number, picture, model, photo_path, depth, options, note)
+            yield Update(picture.rgb(), f"{note}, in {time.monotonic() - started:.0f} s", result)
+            return
+    finally:   # a page closed mid-run stops its run too: the device takes one at a time
+        session.stop.set()
+        worker.join()
+
+
+def _progress_text(steps: int, total: int, started: float) -> str:
+    if steps == 0:
+        return f"step 0 of {total}"
+    left = (time.monotonic() - started) / steps * (total - steps)
+    return f"step {steps} of {total}, about {left:.0f} s left"
+
+
+def _save(session: Session, number: int, picture: cnnvis.Picture, model: cnnvis.VisModel,
+          photo_path: str | None, depth: int, options: DreamOptions, note: str) -> Result:
+    """The picture as a PNG in the session's folder, with the command that makes it again."""
+    photo_name = Path(photo_path).name if photo_path else None   # the name the user knows
+    argv = equivalent_command(model.name, picture.seed, photo_name, depth, options)
+    png = session.folder / f"picture-{number}.png"
+    save_picture(png, picture.rgb(depth), recorded_text(model.name, picture.seed, argv, True))
+    settings = {"model": model.name, "seed": picture.seed, "output_depth": depth,
+                **dataclasses.asdict(options)}
+    result = Result(number, png, f"#{number} {model.name}, seed {picture.seed}, {note}",
+                    " ".join(["python cnn_vis.py", *argv]),
+                    json.dumps(settings, indent=1))
+    session.results.append(result)
+    return result
+
+
+def run_atlas(studio: Studio, session: Session, model_name: str, neurons: str,
+              seed: int | None, values: dict[str, object]) -> Iterator[tuple[list, str]]:
+    """Pictures of the target layer's `neurons` ("0-7", "all"; `cnnvis.atlas`), each from
+    noise and saved in the session's folder as it finishes: yields the grid so far and the
+    progress. `session.stop` ends it after the neuron being made."""
+    options = DreamOptions.from_keywords(values)
+    model = studio.model(model_name)
+    number = studio.next_run()
+    print(f"cnn-vis studio: run {number} (an atlas) for session {session.folder.name} started",
+          flush=True)
+    session.stop.clear()
+    folder = session.folder / f"atlas-{number}"
+    folder.mkdir()
+    started, grid = time.monotonic(), []
+    results = cnnvis.atlas(None, model, neurons=neurons, seed=check_seed(seed),
+                           **dataclasses.asdict(options))
+    try:
+        for result in results:
+            if result.error is not None:
+                raise UserError(f"{result.job.name}: {result.error}")
+            neuron = result.job.options["target_neuron"]
+            argv = equivalent_command(model.name, result.job.seed, None, 8, dataclasses.replace(
+                options, target_neuron=neuron))
+            png = folder / f"neuron-{neuron}.png"
+            save_picture(png, result.rgb, recorded_text(model.name, result.job.seed, argv, True))
+            grid.append((str(png), f"neuron {neuron}, seed {result.job.seed}"))
+            stopped = session.stop.is_set()
+            yield grid, (f"{'stopped after ' if stopped else ''}{len(grid)} neurons, in "
+                         f"{time.monotonic() - started:.0f} s")
+            if stopped:
+                return
+    finally:
+        results.close()
