@@ -117,12 +117,16 @@ class OnnxNetwork(nn.Module):
         super().__init__()
         onnx = import_onnx()
         self.image = image_input(model, path)
+        if self.image.size and input_size and tuple(input_size) != self.image.size:
+            raise UserError(f"{path} fixes its input at {self.image.size[0]}x"
+                            f"{self.image.size[1]}; leave input_size out, or give that size.")
         size = self.image.size or input_size
         if size is None:
             raise UserError(f"{path}'s input '{self.image.name}' has no fixed height and width; "
                             "give the size the network was trained on (input_size=(H, W), or "
                             "a file that fixes it).")
         self.input_size: tuple[int, int] = tuple(size)
+        self.metadata = {p.key: p.value for p in model.metadata_props}   # the exporter's notes
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         known = {t.name: to_tensor(onnx.numpy_helper.to_array(t)) for t in model.graph.initializer}
         from_image = {self.image.name}

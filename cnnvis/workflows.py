@@ -23,6 +23,7 @@ from cnnvis.batch import write_jobs
 from cnnvis.errors import UserError
 from cnnvis.files import expanded, image_files
 from cnnvis.imageio import load_mean_colour, load_rgb
+from cnnvis.own_model import is_own_model
 from cnnvis.picture import write_picture
 from cnnvis.recipes import RECIPES
 from cnnvis.recording import option_flags
@@ -120,7 +121,7 @@ def download(name: str) -> Path | None:
 def layer_notes(model: str = default("model"), deploy_txt: str | None = None) -> dict[str, str]:
     """What amplifying each layer of a preset looks like (from its layer gallery); none for a
     network of one's own."""
-    if deploy_txt:
+    if deploy_txt or is_own_model(model):
         return {}
     return zoo.looks_like(zoo.preset(model), [name for name, _ in list_layers(model)])
 

@@ -27,6 +27,7 @@ from cnnvis.googlenet import googlenet_deploy
 from cnnvis.engine import TorchEngine, check_precision
 from cnnvis.model import InputConvention, VisModel
 from cnnvis.network import BlobNetwork
+from cnnvis.own_model import check_own_choices, is_own_model, load_own_model, own_network
 from cnnvis.pycaffe_engine import load_caffe_engine
 from cnnvis.settings import BACKENDS, default
 
@@ -268,6 +269,10 @@ class ModelSpec:
     def load(self, device: str | torch.device | None = None) -> VisModel:
         """The model, on `device` (default: the spec's)."""
         device = device or self.device
+        if is_own_model(self.name):
+            return load_own_model(self.name, device=default_device() if device is None
+                                  else torch_device(device), precision=self.precision,
+                                  mean_bgr=self.mean_bgr)
         return load_model(self.name, _text(self.deploy_txt), _text(self.caffe_model),
                           self.mean_bgr, default_device() if device is None
                           else torch_device(device), self.backend, self.precision)
@@ -275,7 +280,14 @@ class ModelSpec:
     def check(self, device: bool = True) -> None:
         """What `load` would refuse, found without loading any weights: the preset, the
         backend and precision, the files (the network definition is read, the weights file
-        opened) and, with `device` (not for a Ray cluster's workers), the device."""
+        opened) and, with `device` (not for a Ray cluster's workers), the device. A network
+        of one's own is built (random weights for a library's)."""
+        if is_own_model(self.name):
+            check_own_choices(self.name, self.deploy_txt, self.caffe_model, self.backend)
+            check_precision(self.precision, torch.device("cuda") if not device else
+                            default_device() if self.device is None else torch_device(self.device))
+            self.input_size()
+            return
         check_choices(self.name, self.deploy_txt, self.caffe_model, self.backend,
                       self.precision, (default_device() if self.device is None
                                        else torch_device(self.device)) if device else None)
@@ -286,12 +298,16 @@ class ModelSpec:
 
     def input_size(self) -> tuple[int, int]:
         """The network's input (height, width), from its files alone (no weights)."""
+        if is_own_model(self.name):
+            return tuple(self.architecture().input_size)
         if self.deploy_txt is not None:
             return tuple(network_input(read_prototxt(str(self.deploy_txt)))[1][1:])
         return preset(self.name).input_size
 
     def architecture(self) -> BlobNetwork:
         """The network with random weights (no download): its layers and shapes."""
+        if is_own_model(self.name):
+            return own_network(self.name, pretrained=False)[0]
         if self.deploy_txt is not None:
             return CaffeNet(read_prototxt(str(self.deploy_txt)), None).eval()
         return architecture(preset(self.name))
