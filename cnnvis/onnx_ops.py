@@ -251,7 +251,7 @@ def slice_(inputs: Inputs, attributes: dict, opset: int) -> list[torch.Tensor]:
         axis %= x.dim()
         picked = range(*slice(start, end, step).indices(x.shape[axis]))
         if step > 0:
-            x = x.narrow(axis, picked.start, len(picked))[(slice(None),) * axis + (slice(None, None, step),)]
+            x = x[(slice(None),) * axis + (slice(picked.start, picked.stop, step),)]
         else:   # torch has no negative steps
             x = x.index_select(axis, torch.tensor(list(picked), dtype=torch.int64, device=x.device))
     return [x]
