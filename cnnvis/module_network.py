@@ -4,8 +4,8 @@ The blobs are the sub-modules' tensor outputs, in the order one forward pass at 
 size makes them (a sub-module called twice, like a shared ReLU, gives its last output).
 Forward hooks on a copy of the module catch the targets' outputs, and the last of them
 stops the pass with an exception of its own, so nothing past the deepest target runs.
-The user's module itself is never changed: the copy is put in eval mode, its parameters
-stop requiring gradients, and only it gets the hooks.
+The user's module itself is never changed: the copy is put in eval mode and float32, its
+parameters stop requiring gradients, and only it gets the hooks.
 """
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ class ModuleNetwork(nn.Module):
     def __init__(self, module: nn.Module, input_size: tuple[int, int] = (224, 224)):
         super().__init__()
         self.input_size: tuple[int, int] = tuple(input_size)
-        self.module = copy.deepcopy(module).eval().requires_grad_(False)
+        # float32, as cnn-vis' images are (the engine's precision may reduce it).
+        self.module = copy.deepcopy(module).eval().requires_grad_(False).float()
         self._run_state: dict | None = None
         for name, sub_module in self.module.named_modules():
             if name:
@@ -54,9 +55,8 @@ class ModuleNetwork(nn.Module):
     def _probe(self) -> dict[str, torch.Tensor]:
         """Every blob of a pass at the input size, in the order the pass makes them."""
         parameter = next(self.module.parameters(), None)
-        x = torch.zeros((1, 3) + self.input_size, dtype=parameter.dtype if parameter is not None
-                        else torch.float32, device=parameter.device if parameter is not None
-                        else None)
+        x = torch.zeros((1, 3) + self.input_size,
+                        device=None if parameter is None else parameter.device)
         self._run_state = {"wanted": None, "found": {}, "calls": {}}
         try:
             with torch.no_grad():

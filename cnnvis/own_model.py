@@ -146,11 +146,11 @@ def onnx_preprocessing(metadata: dict[str, str]) -> Preprocessing:
                          _three(numbers.get("std"), "the file's std"))
 
 
-def _library(name: str):
+def _library(name: str, model: str):
     try:
         return importlib.import_module(name)
     except ImportError:   # absent, or broken beside this PyTorch
-        raise UserError(f"--model {name}:NAME needs the {name} package, which is not "
+        raise UserError(f"--model {name}:{model} needs the {name} package, which is not "
                         f"installed (or does not import here); install it with "
                         f"{LIBRARIES[name]}.") from None
 
@@ -163,7 +163,7 @@ def _unknown(library: str, name: str, names: list[str]) -> UserError:
 
 def _torchvision(name: str, pretrained: bool) -> tuple[nn.Module, Preprocessing]:
     """torchvision's model `name` with its default weights, and their preprocessing."""
-    models = _library("torchvision").models
+    models = _library("torchvision", name).models
     if name not in models.list_models():
         raise _unknown("torchvision", name, list(models.list_models()))
     weights = models.get_model_weights(name).DEFAULT
@@ -177,7 +177,7 @@ def _torchvision(name: str, pretrained: bool) -> tuple[nn.Module, Preprocessing]
 
 def _timm(name: str, pretrained: bool) -> tuple[nn.Module, Preprocessing]:
     """timm's model `name` (its pretrained weights), and its data config's preprocessing."""
-    timm = _library("timm")
+    timm = _library("timm", name)
     if name not in timm.list_models():
         raise _unknown("timm", name, list(timm.list_models()))
     module = timm.create_model(name, pretrained=pretrained)

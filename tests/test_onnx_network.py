@@ -265,3 +265,70 @@ def test_real_models_equal_onnx_runtime_on_a_photo_and_dream(name):
     dreamed = np.asarray(cnnvis.dream(photo, model, seed=0, num_steps=2, target_layer=target),
                          dtype=float)
     assert dreamed.shape == photo.shape and np.abs(dreamed - photo).mean() > 1.0
+
+
+def test_bad_files_are_refused_with_the_reason(tmp_path, exports):
+    good = exports["nchw"].read_bytes()
+    (tmp_path / "truncated.onnx").write_bytes(good[:len(good) // 2])
+    (tmp_path / "picture.onnx").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    for name in ("truncated.onnx", "picture.onnx"):
+        with pytest.raises(UserError, match="not a readable ONNX file|holds no ONNX graph"):
+            load_onnx_network(tmp_path / name)
+    with pytest.raises(UserError, match="does not exist"):
+        load_onnx_network(tmp_path / "absent.onnx")
+    table = graph_file(tmp_path, [node("Relu", ["x"], "y")], shape=(1, 10), name="table.onnx")
+    with pytest.raises(UserError, match="needs an image input"):
+        load_onnx_network(table)
+    unsupported = graph_file(tmp_path, [node("Relu", ["x"], "a"), node("Erf", ["a"], "y")],
+                             name="erf.onnx")
+    with pytest.raises(UserError, match="node 'Erf_y' uses the operator Erf"):
+        load_onnx_network(unsupported)
+
+
+def test_sizes_the_file_leaves_open_come_from_input_size(tmp_path):
+    path = graph_file(tmp_path, [node("Relu", ["x"], "y")], shape=("N", 3, "H", "W"))
+    with pytest.raises(UserError, match="no fixed height and width"):
+        load_onnx_network(path)
+    network = load_onnx_network(path, input_size=(20, 30))
+    assert network.input_size == (20, 30)
+    fixed = graph_file(tmp_path, [node("Relu", ["x"], "y")], shape=(1, 3, 8, 8), name="fixed.onnx")
+    with pytest.raises(UserError, match="fixes its input at 8x8"):
+        load_onnx_network(fixed, input_size=(20, 30))
+    # A batch fixed at 1 runs one image at a time.
+    assert load_onnx_network(fixed).blobs(torch.ones(3, 3, 8, 8))["y"].shape == (3, 3, 8, 8)
+
+
+def test_the_files_preprocessing_is_used_where_it_says(tmp_path):
+    path = graph_file(tmp_path, [node("Relu", ["x"], "y")], shape=(1, 3, 8, 8))
+    model = read_onnx(path)
+    helper.set_model_props(model, {"channel_order": "BGR", "mean": "[0.4, 0.5, 0.6]",
+                                   "std": "0.25,0.5,0.25"})
+    path.write_bytes(model.SerializeToString())
+    # (0.5 - mean) / std, in the file's BGR order.
+    assert grey_input(cnnvis.load_model(path, device="cpu")) == pytest.approx([0.4, 0, -0.4],
+                                                                              abs=1e-5)
+    # The keywords win over the file.
+    rgb = cnnvis.load_model(path, device="cpu", channel_order="RGB", mean=(0.25, 0.5, 0.75),
+                            std=(1, 1, 0.5))
+    assert grey_input(rgb) == pytest.approx([0.25, 0, -0.5], abs=1e-5)
+
+
+def grey_input(model) -> list[float]:
+    """What a grey of 0.5 (in cnn-vis units: BGR minus the mean colour) reaches the network as."""
+    grey = torch.full((1, 3, 8, 8), 127.5) - torch.tensor(model.mean_bgr).view(1, 3, 1, 1)
+    return model.network_input(grey)[0, :, 0, 0].tolist()
+
+
+def test_the_command_line_refuses_a_bad_onnx_file(tmp_path, capsys, exports):
+    output = tmp_path / "out.png"
+    (tmp_path / "broken.onnx").write_bytes(exports["nchw"].read_bytes()[:500])
+    refused(["--model", str(tmp_path / "broken.onnx"), "--output_file", str(output),
+             "--gpu", "-1"], capsys, output, "broken.onnx", "export the model again")
+    refused(["--model", str(tmp_path / "absent.onnx"), "--output_file", str(output),
+             "--gpu", "-1"], capsys, output, "absent.onnx", "does not exist")
+
+
+def test_without_the_onnx_package_the_message_says_how_to_install_it(monkeypatch, exports):
+    monkeypatch.setitem(__import__("sys").modules, "onnx", None)
+    with pytest.raises(UserError, match=r"pip install 'cnn-vis\[onnx\]'"):
+        load_onnx_network(exports["nchw"])
