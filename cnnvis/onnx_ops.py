@@ -327,5 +327,7 @@ OPERATORS: dict[str, Operator] = {
         inputs[0].mean(tuple(range(2, inputs[0].dim())), keepdim=True)],
     "Add": _elementwise(torch.add), "Sub": _elementwise(torch.sub),
     "Mul": _elementwise(torch.mul), "Div": _elementwise(_divide),
-    "MatMul": _elementwise(torch.matmul),
+    "MatMul": _elementwise(torch.matmul), "Pow": _elementwise(torch.pow),
+    "Sqrt": _elementwise(torch.sqrt), "Exp": _elementwise(torch.exp),
+    "Tanh": _elementwise(torch.tanh),
 }

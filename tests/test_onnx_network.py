@@ -102,7 +102,9 @@ CASES = {
                                                         axis=1)],
                     {"low": np.array(-0.5, np.float32), "high": np.array(0.7, np.float32)}, 17),
     "arithmetic": ([node("Mul", ["x", "m"], "a"), node("Add", ["a", "m"], "b"),
-                    node("Sub", ["m", "b"], "c"), node("Div", ["c", "d"], "y")],
+                    node("Sub", ["m", "b"], "c"), node("Div", ["c", "d"], "e"),
+                    node("Tanh", ["e"], "t"), node("Exp", ["t"], "p"), node("Sqrt", ["p"], "q"),
+                    node("Pow", ["q", "d"], "y")],
                    {"m": weight(1, 3, 1, 1), "d": np.float32(1.5) + np.abs(weight(1, 3, 1, 1))}, 17),
     "pools": ([node("MaxPool", ["x"], "a", kernel_shape=[3, 3], strides=[2, 2], pads=[0, 0, 1, 1]),
                node("MaxPool", ["x"], "b", kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
@@ -279,9 +281,10 @@ def test_bad_files_are_refused_with_the_reason(tmp_path, exports):
     table = graph_file(tmp_path, [node("Relu", ["x"], "y")], shape=(1, 10), name="table.onnx")
     with pytest.raises(UserError, match="needs an image input"):
         load_onnx_network(table)
-    unsupported = graph_file(tmp_path, [node("Relu", ["x"], "a"), node("Erf", ["a"], "y")],
-                             name="erf.onnx")
-    with pytest.raises(UserError, match="node 'Erf_y' uses the operator Erf"):
+    unsupported = graph_file(tmp_path, [node("Relu", ["x"], "a"), node("Einsum", ["a"], "y",
+                                                                        equation="ijkl->ijkl")],
+                             name="einsum.onnx")
+    with pytest.raises(UserError, match="node 'Einsum_y' uses the operator Einsum"):
         load_onnx_network(unsupported)
 
 
