@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cnnvis.convolution import conv2d
+
 Inputs = Sequence[torch.Tensor | None]
 Operator = Callable[[Inputs, dict, int], list[torch.Tensor]]
 
@@ -85,7 +87,8 @@ def conv(inputs: Inputs, attributes: dict, opset: int) -> list[torch.Tensor]:
     padding = _symmetric(pads)
     if padding is None:   # asymmetric (TensorFlow's SAME): pad first
         x, padding = F.pad(x, _torch_pad(pads)), 0
-    convolve = (F.conv1d, F.conv2d, F.conv3d)[len(kernel) - 1]
+    # 2-D: cnn-vis' conv2d, whose input gradient is faster for a first, strided convolution.
+    convolve = (F.conv1d, conv2d, F.conv3d)[len(kernel) - 1]
     return [convolve(x, weight, bias, strides, padding, dilations, attributes.get("group", 1))]
 
 
