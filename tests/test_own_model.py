@@ -1,11 +1,16 @@
 """Networks of one's own by name: file.py:function, torchvision:NAME and timm:NAME (the
 libraries stood in for by small modules), what workers are sent, and the command line."""
+import os
 import pickle
+import subprocess
 import sys
 import types
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 import cnnvis
@@ -14,6 +19,8 @@ from cnnvis import zoo
 from cnnvis.errors import UserError
 from cnnvis.own_model import is_own_model
 from tests.cli_contract import refused
+
+ROOT = Path(__file__).resolve().parent.parent
 
 MODEL_CODE = """
 import torch
@@ -138,3 +145,23 @@ def test_workers_are_sent_the_name_and_load_their_own(model_file):
         zoo.ModelSpec(f"{model_file}:make", deploy_txt="x.prototxt").check()
     with pytest.raises(UserError, match="--backend caffe runs Caffe models only"):
         zoo.ModelSpec(f"{model_file}:make", backend="caffe").check()
+
+
+def test_local_workers_load_a_python_files_network_and_make_the_same_pictures(model_file,
+                                                                             tmp_path):
+    pictures = {}
+    for workers in ("1", "2"):
+        output = tmp_path / workers / "out.png"
+        output.parent.mkdir()
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "cnn_vis.py"), "--model", f"{model_file}:make",
+             "--target_layer", "2", "--image_type", "amplify_neuron", "--target_neuron", "0-1",
+             "--num_steps", "2", "--iter_behavior", "", "--seed", "1", "--gpu", "-1",
+             "--workers", workers, "--output_file", str(output)],
+            capture_output=True, text=True, timeout=240, cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert result.returncode == 0, result.stderr
+        folder = output.parent / "out_atlas" / "2"
+        # The pixels (the PNG text records the command line, --workers too).
+        pictures[workers] = {p.name: np.asarray(Image.open(p)).tolist() for p in folder.iterdir()}
+    assert sorted(pictures["2"]) == ["0000.png", "0001.png"] and pictures["1"] == pictures["2"]
