@@ -67,15 +67,11 @@ def image_input(model, path: str | os.PathLike) -> ImageInput:
                         "cnn-vis needs a network with one image input.")
     tensor = inputs[0].type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-    if tensor.elem_type != 1 or len(dims) != 4 or 3 not in (dims[1], dims[3]) and None not in (
-            dims[1], dims[3]):
+    if tensor.elem_type != 1 or len(dims) != 4 or 3 not in (dims[1], dims[3]):
         raise UserError(f"{path}'s input '{inputs[0].name}' has shape {dims} and ONNX type "
                         f"{tensor.elem_type}; cnn-vis needs an image input: float (type 1), "
-                        "(N, 3, H, W) or (N, H, W, 3).")
-    layout = "NCHW" if dims[1] == 3 or dims[1] is None and dims[3] != 3 else "NHWC"
-    if layout == "NCHW" and dims[1] is None and dims[3] is None:
-        raise UserError(f"{path}'s input '{inputs[0].name}' has shape {dims}: neither the "
-                        "channel axis nor the layout is fixed; export it with 3 channels.")
+                        "(N, 3, H, W) or (N, H, W, 3), its 3 channels fixed in the file.")
+    layout = "NCHW" if dims[1] == 3 else "NHWC"
     spatial = dims[2:] if layout == "NCHW" else dims[1:3]
     size = tuple(spatial) if None not in spatial else None
     return ImageInput(inputs[0].name, layout, size, dims[0] == 1)
@@ -147,7 +143,8 @@ class OnnxNetwork(nn.Module):
                                 "earlier node makes; the graph is not in order or is broken.")
             if not step.image_positions:   # worked out once, here
                 with torch.no_grad():
-                    known.update(zip(node.output, step()))
+                    known.update(zip(node.output, _failing_as_user_error(
+                        step, f"{path}: node '{node.name}' ({node.op_type})")))
                 continue
             self.nodes.append(step)
             self.steps.append(([n for n in node.input if n in from_image],
@@ -159,9 +156,12 @@ class OnnxNetwork(nn.Module):
     def _floating_outputs(self) -> list[str]:
         """The node outputs that are floating (found by one run at the input size)."""
         x = torch.zeros((1, 3) + self.input_size)
+        every = [output for _, outputs in self.steps for output in outputs]
         with torch.no_grad():
-            values = self._run(x, [output for _, outputs in self.steps for output in outputs],
-                               check=False)
+            values = _failing_as_user_error(
+                lambda: self._run(x, every, check=False),
+                f"the network of the file, at its input size {self.input_size[0]}x"
+                f"{self.input_size[1]},")
         return [name for name, value in values.items() if value.is_floating_point()]
 
     def forward(self, x: torch.Tensor, target: str) -> torch.Tensor:
@@ -209,6 +209,15 @@ class OnnxNetwork(nn.Module):
                     pending.extend(maker[n] for n in self.steps[index][0] if n in maker)
             self._plans[targets] = sorted(needed)
         return self._plans[targets]
+
+
+def _failing_as_user_error(work, what: str):
+    """`work()`; a UserError saying that `what` fails, and why, where it raises."""
+    try:
+        return work()
+    except (RuntimeError, ValueError, IndexError, KeyError, TypeError) as error:
+        raise UserError(f"{what} fails ({type(error).__name__}: {error}); the file's graph does "
+                        "not run as ONNX says (or needs another input size).") from None
 
 
 def _attribute(onnx, attribute):

@@ -335,3 +335,11 @@ def test_without_the_onnx_package_the_message_says_how_to_install_it(monkeypatch
     monkeypatch.setitem(__import__("sys").modules, "onnx", None)
     with pytest.raises(UserError, match=r"pip install 'cnn-vis\[onnx\]'"):
         load_onnx_network(exports["nchw"])
+
+
+def test_a_graph_that_fails_at_its_input_size_is_refused(tmp_path):
+    shape_mismatch = graph_file(tmp_path, [node("Reshape", ["x", "to"], "a"),
+                                           node("Relu", ["a"], "y")],
+                                {"to": integers(2, 3, 9, 12)})
+    with pytest.raises(UserError, match=r"at its input size 9x11, fails \(RuntimeError"):
+        load_onnx_network(shape_mismatch)
