@@ -108,3 +108,22 @@ def test_bad_layers_and_sizes_are_refused_with_the_reason():
         cnnvis.load_model(needs_more, std=(0.2, 0, 0.2))
     with pytest.raises(UserError, match="input_size: for a network of one's own"):
         cnnvis.load_model("bvlc_googlenet", input_size=(100, 100))
+
+
+def test_several_layers_a_guide_and_a_mask_work_as_with_a_preset():
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, stride=2),
+                           nn.ReLU())
+    model = cnnvis.load_model(module, input_size=(32, 32), device="cpu")
+    photo = resize_rgb(samples.astronaut(), (48, 48))
+    mask = np.zeros((48, 48), np.uint8)
+    mask[:, 24:] = 255
+    dreamed = np.asarray(cnnvis.dream(photo, model, seed=0, num_steps=3, target_layer="1,3",
+                                      learning_rate=10, mask=mask, jitter=2), dtype=float)
+    changed = np.abs(dreamed - photo).mean(axis=(0, 2))
+    assert changed[:24].max() == 0 and changed[24:].mean() > 0.5   # only where the mask is white
+    guided = np.asarray(cnnvis.dream(photo, model, seed=0, num_steps=3, target_layer="3",
+                                     learning_rate=10, guide=samples.chelsea()), dtype=float)
+    plain = np.asarray(cnnvis.dream(photo, model, seed=0, num_steps=3, target_layer="3",
+                                    learning_rate=10), float)
+    assert np.abs(guided - plain).mean() > 0.5
