@@ -61,6 +61,15 @@ def is_own_model(name: object) -> bool:
             or re.fullmatch(r".+\.py:[A-Za-z_]\w*", text) is not None)
 
 
+def own_model_file(name: str) -> str | None:
+    """The file that `--model name` reads (an ONNX file, or the Python file); None for a
+    library's model."""
+    if name.lower().endswith(".onnx"):
+        return name
+    library, _, _ = name.partition(":")
+    return None if library in LIBRARIES else name.rpartition(":")[0]
+
+
 def check_own_choices(name: str, deploy_txt: object, caffe_model: object, backend: str) -> None:
     """A UserError for the Caffe options beside a network of one's own."""
     if deploy_txt is not None or caffe_model is not None:
@@ -106,9 +115,8 @@ def load_own_model(model: nn.Module | str | os.PathLike, *,
     chosen = given.over(said).over(DEFAULTS)
     convention = input_convention(chosen.channel_order, chosen.mean, chosen.std)
     offset_bgr = convention.offset[::-1] if chosen.channel_order == "RGB" else convention.offset
-    name = (type(model).__name__ if isinstance(model, nn.Module)
-            else Path(os.fspath(model)).name if os.fspath(model).lower().endswith(".onnx")
-            else os.fspath(model))
+    # A name for messages and cache folders: the file's, without its folders.
+    name = type(model).__name__ if isinstance(model, nn.Module) else Path(os.fspath(model)).name
     return VisModel(TorchEngine(network, device, precision), name=name,
                     mean_bgr=mean_bgr or offset_bgr, convention=convention,
                     labels=None if chosen.labels is None else list(chosen.labels), device=device)

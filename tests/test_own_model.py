@@ -15,7 +15,7 @@ from torch import nn
 
 import cnnvis
 from cnnvis.cli import main
-from cnnvis import zoo
+from cnnvis import gallery, own_model, zoo
 from cnnvis.errors import UserError
 from cnnvis.own_model import is_own_model
 from tests.cli_contract import refused
@@ -165,3 +165,13 @@ def test_local_workers_load_a_python_files_network_and_make_the_same_pictures(mo
         # The pixels (the PNG text records the command line, --workers too).
         pictures[workers] = {p.name: np.asarray(Image.open(p)).tolist() for p in folder.iterdir()}
     assert sorted(pictures["2"]) == ["0000.png", "0001.png"] and pictures["1"] == pictures["2"]
+
+
+def test_a_layer_gallery_of_a_python_files_network_is_cached_under_the_cache(
+        model_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("CNN_VIS_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(gallery, "GALLERY_STEPS", 1)
+    monkeypatch.setattr(own_model, "DEFAULT_INPUT_SIZE", (32, 32))
+    sheet = cnnvis.layer_gallery(f"{model_file}:make", gpu=-1)
+    assert sheet.is_file() and (tmp_path / "cache") in sheet.parents
+    assert sheet.parent.name.startswith("my_net.py:make-")
