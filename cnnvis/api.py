@@ -54,6 +54,8 @@ def load_model(name: str | Path | torch.nn.Module = default("model"), *,
     library says otherwise; `labels` name its last layer's outputs (`cnnvis.own_model`).
     """
     if isinstance(name, torch.nn.Module) or own_model.is_own_model(name):
+        own_model.check_own_choices(type(name).__name__ if isinstance(name, torch.nn.Module)
+                                    else str(name), deploy_txt, caffe_model, backend)
         return own_model.load_own_model(
             name, input_size=input_size, channel_order=channel_order, mean=mean, std=std,
             labels=labels, precision=precision, mean_bgr=mean_bgr,

@@ -252,7 +252,8 @@ def check_choices(name: str, deploy_txt: str | None, caffe_model: str | None, ba
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model named but not loaded: the arguments of `cnnvis.load_model`. Workers are sent
+    """A model named but not loaded: the arguments of `cnnvis.load_model` (`name` a preset,
+    or a network of one's own by its name: `cnnvis.own_model.is_own_model`). Workers are sent
     one and each loads its own model once; the workflows check a run against it (input
     size, layers) before any weights load. `keep_freed_memory`: each worker process makes
     `cnnvis.keep_freed_memory`'s malloc setting (loading here never does)."""
@@ -270,6 +271,7 @@ class ModelSpec:
         """The model, on `device` (default: the spec's)."""
         device = device or self.device
         if is_own_model(self.name):
+            check_own_choices(self.name, self.deploy_txt, self.caffe_model, self.backend)
             return load_own_model(self.name, device=default_device() if device is None
                                   else torch_device(device), precision=self.precision,
                                   mean_bgr=self.mean_bgr)

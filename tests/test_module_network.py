@@ -127,3 +127,10 @@ def test_several_layers_a_guide_and_a_mask_work_as_with_a_preset():
     plain = np.asarray(cnnvis.dream(photo, model, seed=0, num_steps=3, target_layer="3",
                                     learning_rate=10), float)
     assert np.abs(guided - plain).mean() > 0.5
+
+
+def test_caffe_options_beside_a_module_are_refused():
+    with pytest.raises(UserError, match="--deploy_txt and --caffe_model are for Caffe models"):
+        cnnvis.load_model(nn.ReLU(), deploy_txt="net.prototxt")
+    with pytest.raises(UserError, match="--backend caffe runs Caffe models only"):
+        cnnvis.load_model(nn.ReLU(), backend="caffe")
