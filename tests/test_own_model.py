@@ -175,3 +175,15 @@ def test_a_layer_gallery_of_a_python_files_network_is_cached_under_the_cache(
     sheet = cnnvis.layer_gallery(f"{model_file}:make", gpu=-1)
     assert sheet.is_file() and (tmp_path / "cache") in sheet.parents
     assert sheet.parent.name.startswith("my_net.py:make-")
+
+
+def test_replay_runs_no_recorded_code_or_model_file_unless_trusted(tmp_path, capsys, monkeypatch):
+    from tests.test_arguments import crafted_png
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "ran"
+    (tmp_path / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\ndef make(): pass\n")
+    for model in (f"{tmp_path}/evil.py:make", f"{tmp_path}/net.onnx"):
+        png = crafted_png(tmp_path / "gift.png", f"cnn_vis.py --model {model} --gpu -1")
+        refused(["--replay", str(png)], capsys, tmp_path / "out.png", "--trust_recorded_paths",
+                f"--model {model}")
+    assert not marker.exists()
