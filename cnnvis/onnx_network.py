@@ -18,6 +18,9 @@ from cnnvis.caffe.net import unknown_blob
 from cnnvis.errors import UserError
 from cnnvis.onnx_ops import OPERATORS, to_tensor
 
+# What follows a first convolution as its bias and normalisation, and passes through.
+_NORMALISATION = {"BatchNormalization", "Add", "Sub", "Mul", "Div", "Cast", "Transpose",
+                  "Identity"}
 INSTALL_ONNX = "pip install 'cnn-vis[onnx]' (or pip install onnx)"
 
 
@@ -163,6 +166,21 @@ class OnnxNetwork(nn.Module):
                 f"the network of the file, at its input size {self.input_size[0]}x"
                 f"{self.input_size[1]},")
         return [name for name, value in values.items() if value.is_floating_point()]
+
+    def full_precision_modules(self) -> list[nn.Module]:
+        """The nodes that stay float32 under a reduced --precision (`cnnvis.engine.
+        reduce_precision`): the first convolution and the normalisation that follows it
+        (a BatchNormalization, or the Add/Sub/Mul/Div that an exporter made of one)."""
+        first = next((k for k, step in enumerate(self.nodes)
+                      if step.op_type in ("Conv", "ConvTranspose")), None)
+        if first is None:
+            return []
+        kept = [self.nodes[first]]
+        for step in list(self.nodes)[first + 1:]:
+            if step.op_type not in _NORMALISATION:
+                break
+            kept.append(step)
+        return kept
 
     def forward(self, x: torch.Tensor, target: str) -> torch.Tensor:
         return self.forward_blobs(x, [target])[target]

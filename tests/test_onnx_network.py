@@ -19,7 +19,9 @@ ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is the oracle of t
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import cnnvis  # noqa: E402
+from cnnvis.engine import TorchEngine, cpu_supports_bf16  # noqa: E402
 from cnnvis.errors import UserError  # noqa: E402
+from cnnvis.objectives import amplify_layer  # noqa: E402
 from cnnvis.onnx_network import OnnxNetwork, load_onnx_network, read_onnx  # noqa: E402
 from cnnvis.pixels import rgb_to_image  # noqa: E402
 from tests.cli_contract import refused  # noqa: E402
@@ -253,6 +255,9 @@ REAL_MODELS = {   # (file, cnn-vis' load_model keywords: the packages' own prepr
 }
 
 
+BF16_COSINE = {"open_nsfw": 0.85, "tumor_vgg16": 0.98}
+
+
 @pytest.mark.parametrize("name", list(REAL_MODELS))
 def test_real_models_equal_onnx_runtime_on_a_photo_and_dream(name):
     path, keywords = REAL_MODELS[name]
@@ -267,6 +272,17 @@ def test_real_models_equal_onnx_runtime_on_a_photo_and_dream(name):
     dreamed = np.asarray(cnnvis.dream(photo, model, seed=0, num_steps=2, target_layer=target),
                          dtype=float)
     assert dreamed.shape == photo.shape and np.abs(dreamed - photo).mean() > 1.0
+    if cpu_supports_bf16():   # --precision bf16: the first convolution and its normalisation
+        # stay float32; the gradient keeps its way (about 0.99 and 0.9: a regression guard)
+        objective = {target: amplify_layer(1.0, 1.0, 5.0)}
+        tiles = torch.from_numpy(image)
+        full = model.engine.objective_gradient(tiles, objective)[1].double().flatten()
+        bf16 = TorchEngine(model.engine.network, precision="bf16")
+        reduced = bf16.objective_gradient(tiles, objective)[1].double().flatten()
+        assert float(full @ reduced / (full.norm() * reduced.norm())) >= BF16_COSINE[name]
+        kept = bf16.network.full_precision_modules()
+        assert kept[0].op_type == "Conv" and all(
+            b.dtype == torch.float32 for step in kept for b in step.buffers())
 
 
 def test_bad_files_are_refused_with_the_reason(tmp_path, exports):
