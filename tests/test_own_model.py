@@ -149,22 +149,21 @@ def test_workers_are_sent_the_name_and_load_their_own(model_file):
 
 def test_local_workers_load_a_python_files_network_and_make_the_same_pictures(model_file,
                                                                              tmp_path):
-    pictures = {}
-    for workers in ("1", "2"):
-        output = tmp_path / workers / "out.png"
-        output.parent.mkdir()
-        result = subprocess.run(
-            [sys.executable, str(ROOT / "cnn_vis.py"), "--model", f"{model_file}:make",
-             "--target_layer", "2", "--image_type", "amplify_neuron", "--target_neuron", "0-1",
-             "--num_steps", "2", "--iter_behavior", "", "--seed", "1", "--gpu", "-1",
-             "--workers", workers, "--output_file", str(output)],
-            capture_output=True, text=True, timeout=240, cwd=tmp_path,
-            env={**os.environ, "PYTHONPATH": str(ROOT)})
-        assert result.returncode == 0, result.stderr
-        folder = output.parent / "out_atlas" / "2"
-        # The pixels (the PNG text records the command line, --workers too).
-        pictures[workers] = {p.name: np.asarray(Image.open(p)).tolist() for p in folder.iterdir()}
-    assert sorted(pictures["2"]) == ["0000.png", "0001.png"] and pictures["1"] == pictures["2"]
+    atlas = ["--model", f"{model_file}:make", "--target_layer", "2", "--image_type",
+             "amplify_neuron", "--target_neuron", "0-1", "--num_steps", "2", "--iter_behavior",
+             "", "--seed", "1", "--gpu", "-1"]
+    here, workers = tmp_path / "here" / "out.png", tmp_path / "workers" / "out.png"
+    here.parent.mkdir()
+    workers.parent.mkdir()
+    assert main(atlas + ["--output_file", str(here)]) == 0
+    result = subprocess.run([sys.executable, str(ROOT / "cnn_vis.py"), *atlas, "--workers", "2",
+                             "--output_file", str(workers)], capture_output=True, text=True,
+                            timeout=240, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    # The pixels (the PNG text records the command line, --workers too).
+    pictures = [{p.name: np.asarray(Image.open(p)).tolist()
+                 for p in (output.parent / "out_atlas" / "2").iterdir()} for output in (here, workers)]
+    assert sorted(pictures[1]) == ["0000.png", "0001.png"] and pictures[0] == pictures[1]
 
 
 def test_a_layer_gallery_of_a_python_files_network_is_cached_under_the_cache(
