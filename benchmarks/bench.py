@@ -18,7 +18,8 @@ on the weights). Sections:
   [4] end to end through the public API (what the command line runs): example 1's size
       schedule, and one step at 2160x3840, with the peak resident memory of each;
   then start-up (process start to the first step), the CPU tile-step with and without
-  the command line's malloc setting (cnnvis.keep_freed_memory), and, where pycaffe is
+  the command line's malloc setting (cnnvis.keep_freed_memory), [own models] the same
+  GoogLeNet's tile-step as Caffe files, as an ONNX file and as an nn.Module, and, where pycaffe is
   importable, real Caffe's tile-step (in a child whose PyTorch runs single-threaded, so
   that only Caffe's work competes for the cores);
   [precision] the tile-step at MAIN_TARGET in each --precision the device runs (fp32, bf16
@@ -55,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -618,6 +620,72 @@ def section_allocator(timer: Timer) -> None:
     print(f"    keeping freed memory: {rates[True] / rates[False]:.2f}x the tiles/s")
 
 
+class GoogLeNetModule(torch.nn.Module):
+    """The bundled GoogLeNet as a plain nn.Module, as a user's own network would be: its
+    Caffe layers as sub-modules, each returning its one top, run in the network's order."""
+
+    def __init__(self, network: CaffeNet):
+        super().__init__()
+        self.network = network
+        self.layers = torch.nn.ModuleList(_OneTop(layer) for layer in network.layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values = {(self.network.input_name, 0): x}
+        for step in self.network._steps:
+            top = self.layers[step.layer](*[values[bottom] for bottom in step.bottoms])
+            values[step.tops[0]] = top
+        return values[self.network._final["prob"]]
+
+    def layer_making(self, blob: str) -> str:
+        """The sub-module name whose output is `blob`'s final value."""
+        final = self.network._final[blob]
+        return next(f"layers.{step.layer}" for step in self.network._steps if final in step.tops)
+
+
+class _OneTop(torch.nn.Module):
+    def __init__(self, layer: torch.nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, *bottoms: torch.Tensor) -> torch.Tensor:
+        return self.layer(*bottoms)[0]
+
+
+def section_own_models(timer: Timer, work: Path) -> None:
+    """[own models] The tile-step of one GoogLeNet (the same random weights) built three ways:
+    from Caffe files (the preset), from an ONNX file exported from it, and as an nn.Module."""
+    from cnnvis.module_network import ModuleNetwork
+    from cnnvis.onnx_network import load_onnx_network
+    print(f"[own models] tile-step at {MAIN_TARGET}, batch 8, CPU: the same GoogLeNet as Caffe "
+          f"files, as an ONNX file exported from it and as an nn.Module; load {load_average()}",
+          flush=True)
+    device = torch.device("cpu")
+    network, caffe_model = googlenet(device)
+    module = GoogLeNetModule(network).eval()
+    path = work / "googlenet.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.zeros((1, 3) + TILE),), str(path), dynamo=False,
+                          input_names=["data"], dynamic_axes={"data": {0: "batch"}})
+    preset = zoo.preset(MODEL)
+    onnx_network = load_onnx_network(path)
+    tiles = noise_tiles(8, device)
+    # The exporter names a node output after its module: the last one of MAIN_TARGET's layer.
+    layer = module.layer_making(MAIN_TARGET)
+    onnx_target = [name for name in onnx_network.blob_names if name.startswith(f"/{layer}/")][-1]
+    models = {"Caffe files": (caffe_model, MAIN_TARGET),
+              "ONNX file": (VisModel(onnx_network, preset.name, preset.mean_bgr,
+                                     preset.convention, device=device), onnx_target),
+              "nn.Module": (VisModel(ModuleNetwork(module, TILE), preset.name, preset.mean_bgr,
+                                     preset.convention, device=device),
+                            module.layer_making(MAIN_TARGET))}
+    seconds = timer({way: partial(tile_step, model, tiles, target)
+                     for way, (model, target) in models.items()})
+    print(f"    {'built from':12} {'tiles/s':>8} {'/ Caffe files':>14}")
+    for way in models:
+        print(f"    {way:12} {8 / seconds[way]:8.2f} {seconds['Caffe files'] / seconds[way]:13.2f}x")
+
+
 def section_caffe(prototxt: Path, caffemodel: Path, timer: Timer, engine: DeviceSummary,
                   engine_device: torch.device) -> None:
     """Real Caffe (pycaffe, CPU) beside the engine's results on `engine_device`, where
@@ -913,6 +981,7 @@ def main() -> None:
         print("\n=== start-up, allocator and Caffe (CPU) ===", flush=True)
         section_start_up(caffemodel, weight_count, 1 if args.quick else 3, work)
         section_allocator(Timer(repeats, warmup, torch.device("cpu")))
+        section_own_models(Timer(repeats, warmup, torch.device("cpu")), work)
         section_caffe(prototxt, caffemodel, Timer(repeats, warmup, torch.device("cpu")),
                       summaries[0], devices[0])
 

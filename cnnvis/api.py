@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from cnnvis import zoo
+from cnnvis import own_model, zoo
+from cnnvis.errors import UserError
 from cnnvis.imageio import ImageInput, as_photo
 from cnnvis.model import VisModel
 from cnnvis.optimizer import Report
@@ -26,13 +27,19 @@ from cnnvis.plan import (build_objective, check_combinations, check_model, grey_
 from cnnvis.settings import DreamOptions, check_seed, default
 
 
-def load_model(name: str = default("model"), *, deploy_txt: str | Path | None = None,
-               caffe_model: str | Path | None = None, device: torch.device | str | None = None,
-               backend: str = default("backend"),
+def load_model(name: str | Path | torch.nn.Module = default("model"), *,
+               deploy_txt: str | Path | None = None, caffe_model: str | Path | None = None,
+               device: torch.device | str | None = None, backend: str = default("backend"),
                mean_bgr: tuple[float, float, float] | None = None,
-               precision: str = default("precision")) -> VisModel:
+               precision: str = default("precision"),
+               input_size: tuple[int, int] | None = None, channel_order: str | None = None,
+               mean: tuple[float, float, float] | None = None,
+               std: tuple[float, float, float] | None = None,
+               labels: list[str] | None = None) -> VisModel:
     """A network ready to dream with: a preset by `name` (see `cnnvis.zoo.PRESETS`), or Caffe
-    files (`deploy_txt`, `caffe_model`) that replace the preset's.
+    files (`deploy_txt`, `caffe_model`) that replace the preset's; or a network of one's own:
+    an `nn.Module`, an ONNX file ("model.onnx"), "file.py:function", "torchvision:NAME" or
+    "timm:NAME".
 
     `device`: None for the GPU when there is one, else the CPU; or "cpu", "cuda:N", "mps"
     (one this machine lacks is a UserError naming those it has). `backend`: "torch", or
@@ -40,7 +47,24 @@ def load_model(name: str = default("model"), *, deploy_txt: str | Path | None = 
     `precision`: "fp32", or "bf16" (CUDA, or a CPU with AVX-512 BF16) or "fp16" (CUDA) for
     faster, less exact network work; the image and the optimiser stay float32.
     Missing preset weights are downloaded into the cache ($CNN_VIS_HOME).
+
+    For a network of one's own, its images are RGB in 0..1 minus `mean` over `std` (both
+    per channel, in the network's `channel_order`; default ImageNet's, as torchvision and
+    timm take them) at `input_size` (height, width; default 224x224), unless its file or
+    library says otherwise; `labels` name its last layer's outputs (`cnnvis.own_model`).
     """
+    if isinstance(name, torch.nn.Module) or own_model.is_own_model(name):
+        own_model.check_own_choices(type(name).__name__ if isinstance(name, torch.nn.Module)
+                                    else str(name), deploy_txt, caffe_model, backend)
+        return own_model.load_own_model(
+            name, input_size=input_size, channel_order=channel_order, mean=mean, std=std,
+            labels=labels, precision=precision, mean_bgr=mean_bgr,
+            device=zoo.default_device() if device is None else zoo.torch_device(device))
+    given = [k for k, v in (("input_size", input_size), ("channel_order", channel_order),
+                            ("mean", mean), ("std", std), ("labels", labels)) if v is not None]
+    if given:
+        raise UserError(f"{', '.join(given)}: for a network of one's own (an nn.Module, or "
+                        f"model.onnx); preset {name!r} has its own.")
     return zoo.ModelSpec(name, deploy_txt, caffe_model, backend, mean_bgr, device,
                          precision=precision).load()
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cnnvis.errors import UserError
+from cnnvis.own_model import is_own_model
 from cnnvis.recording import option_flags, recorded_argv
 from cnnvis.settings import GROUPS, OPTION_CLASSES, VIDEO_SUFFIXES, option_names, option_settings
 
@@ -96,7 +97,8 @@ def replayed_argv(png: str, argv: list[str]) -> list[str]:
     A PNG comes from anywhere, so what it records is not trusted: it writes where the user
     says (`--output_file` beside --replay) or to a new file named after the PNG here, never
     over a file; it never says where the run goes (--ray, --workers) nor runs a model tool;
-    and the files it names (--initial_image, --deploy_txt, ...) and --backend caffe are
+    and the files it names (--initial_image, --deploy_txt, ...), a --model of one's own
+    (model.onnx, file.py:function, ...) and --backend caffe are
     taken only when the user repeats them or gives --trust_recorded_paths. The command and
     the files it writes are said before anything runs.
     """
@@ -107,7 +109,8 @@ def replayed_argv(png: str, argv: list[str]) -> list[str]:
         _negative_values_attached(recorded_argv(png))))
     trusted = "trust_recorded_paths" in given_names
     untrusted = [name for name in recorded if name not in given_names and not trusted and (
-        name in TRUSTED_ONLY or (name == "backend" and recorded[name] == "caffe"))]
+        name in TRUSTED_ONLY or (name == "backend" and recorded[name] == "caffe")
+        or (name == "model" and is_own_model(recorded[name])))]   # a file, or code
     if untrusted:
         shown = " ".join(shlex.join([f"--{name}", str(recorded[name])]) for name in untrusted)
         raise UserError(f"--replay {png}: the recorded command reads files or runs code outside "

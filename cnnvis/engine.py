@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
+import itertools
 import math
 from typing import Protocol, runtime_checkable
 
@@ -85,7 +86,7 @@ class TorchEngine:
             return blob if self.precision == "fp32" else blob.float()
 
     def blob_shapes(self) -> dict[str, tuple[int, ...]]:
-        device = next(self.network.buffers()).device
+        device = next(itertools.chain(self.network.buffers(), self.network.parameters())).device
         with torch.no_grad():
             blobs = self.network.blobs(torch.zeros((1, 3) + self.input_size, device=device))
         return {name: tuple(blob.shape[1:]) for name, blob in blobs.items()}

@@ -31,12 +31,13 @@ from cnnvis.pixels import resize_rgb, rgb_to_image
 class InputConvention:
     """How a network wants its pixels: channel order, then (pixel - offset) / scale.
 
-    `offset` is per channel in the network's channel order, in 0..255 units.
+    `offset`, and `scale` where it is per channel (torchvision's std), are in the network's
+    channel order, in 0..255 units.
     """
 
     channel_order: str = "BGR"            # "BGR" (Caffe) or "RGB"
     offset: tuple[float, float, float] | None = None  # None: the model's mean colour
-    scale: float = 1.0
+    scale: float | tuple[float, float, float] = 1.0
 
 
 class VisModel:
@@ -71,7 +72,10 @@ class VisModel:
         shift = [m - o for m, o in zip(self.mean_bgr, offset_bgr)]
         self._shift = (torch.tensor(shift, device=device).view(1, 3, 1, 1)
                        if any(shift) else None)
-        self._scale = convention.scale
+        self._scaled = convention.scale != 1
+        self._scale = (convention.scale if not isinstance(convention.scale, tuple) else
+                       torch.tensor(convention.scale[::-1] if rgb else convention.scale,
+                                    device=device).view(1, 3, 1, 1))   # BGR, as x is
         self._flip = rgb
         self.labels = labels if labels and math.prod(
             self.check_target(self.blob_names[-1])) == len(labels) else None
@@ -89,7 +93,7 @@ class VisModel:
         """cnn-vis image (N, 3, H, W), BGR minus the mean colour -> the network's input."""
         if self._shift is not None:
             x = x + self._shift
-        if self._scale != 1:
+        if self._scaled:
             x = x / self._scale
         return x.flip(1) if self._flip else x
 
@@ -115,7 +119,7 @@ class VisModel:
         # The chain rule through network_input, backwards: flip, then divide by the scale.
         if self._flip:
             input_gradient = input_gradient.flip(1)
-        if self._scale != 1:
+        if self._scaled:
             input_gradient = input_gradient / self._scale
         return loss, input_gradient
 

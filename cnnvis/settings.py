@@ -208,7 +208,9 @@ class CommandOptions:
                                 "last", GROUPS[0], metavar="NAME",
                                 recorded=False)   # what it sets is recorded
     model: str = option("bvlc_googlenet", str, "model preset (see --list_models); "
-                        "--deploy_txt/--caffe_model override its files", GROUPS[0])
+                        "--deploy_txt/--caffe_model override its files; or a network of "
+                        "one's own: model.onnx, file.py:function, torchvision:NAME, timm:NAME",
+                        GROUPS[0])
     deploy_txt: str | None = option(None, str, "Caffe .prototxt of the CNN (input blob 'data'); "
                                     "$CAFFE_ROOT and ~ are expanded", GROUPS[0], path=True)
     caffe_model: str | None = option(None, str, "Caffe .caffemodel with the CNN's weights",

@@ -23,6 +23,7 @@ from cnnvis.batch import write_jobs
 from cnnvis.errors import UserError
 from cnnvis.files import expanded, image_files
 from cnnvis.imageio import load_mean_colour, load_rgb
+from cnnvis.own_model import is_own_model, own_model_file
 from cnnvis.picture import write_picture
 from cnnvis.recipes import RECIPES
 from cnnvis.recording import option_flags
@@ -93,8 +94,10 @@ def layer_gallery(model: str = default("model"), deploy_txt: str | None = None,
     request = Request.from_keywords(None, model=model, deploy_txt=deploy_txt,
                                     caffe_model=caffe_model, gpu=gpu)
     loaded = request.model_spec(None, zoo.select_device(gpu)).load()
-    files = tuple(file for file in (request.command.deploy_txt, request.command.caffe_model) if file)
-    return gallery.layer_gallery(loaded, own_network=request.command.deploy_txt is not None,
+    own = is_own_model(model)
+    files = tuple(file for file in (request.command.deploy_txt, request.command.caffe_model,
+                                    own_model_file(model) if own else None) if file)
+    return gallery.layer_gallery(loaded, own_network=own or request.command.deploy_txt is not None,
                                  files=files)
 
 
@@ -120,7 +123,7 @@ def download(name: str) -> Path | None:
 def layer_notes(model: str = default("model"), deploy_txt: str | None = None) -> dict[str, str]:
     """What amplifying each layer of a preset looks like (from its layer gallery); none for a
     network of one's own."""
-    if deploy_txt:
+    if deploy_txt or is_own_model(model):
         return {}
     return zoo.looks_like(zoo.preset(model), [name for name, _ in list_layers(model)])
 

@@ -27,6 +27,7 @@ from cnnvis.googlenet import googlenet_deploy
 from cnnvis.engine import TorchEngine, check_precision
 from cnnvis.model import InputConvention, VisModel
 from cnnvis.network import BlobNetwork
+from cnnvis.own_model import check_own_choices, is_own_model, load_own_model, own_network
 from cnnvis.pycaffe_engine import load_caffe_engine
 from cnnvis.settings import BACKENDS, default
 
@@ -251,7 +252,8 @@ def check_choices(name: str, deploy_txt: str | None, caffe_model: str | None, ba
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model named but not loaded: the arguments of `cnnvis.load_model`. Workers are sent
+    """A model named but not loaded: the arguments of `cnnvis.load_model` (`name` a preset,
+    or a network of one's own by its name: `cnnvis.own_model.is_own_model`). Workers are sent
     one and each loads its own model once; the workflows check a run against it (input
     size, layers) before any weights load. `keep_freed_memory`: each worker process makes
     `cnnvis.keep_freed_memory`'s malloc setting (loading here never does)."""
@@ -268,6 +270,11 @@ class ModelSpec:
     def load(self, device: str | torch.device | None = None) -> VisModel:
         """The model, on `device` (default: the spec's)."""
         device = device or self.device
+        if is_own_model(self.name):
+            check_own_choices(self.name, self.deploy_txt, self.caffe_model, self.backend)
+            return load_own_model(self.name, device=default_device() if device is None
+                                  else torch_device(device), precision=self.precision,
+                                  mean_bgr=self.mean_bgr)
         return load_model(self.name, _text(self.deploy_txt), _text(self.caffe_model),
                           self.mean_bgr, default_device() if device is None
                           else torch_device(device), self.backend, self.precision)
@@ -275,7 +282,14 @@ class ModelSpec:
     def check(self, device: bool = True) -> None:
         """What `load` would refuse, found without loading any weights: the preset, the
         backend and precision, the files (the network definition is read, the weights file
-        opened) and, with `device` (not for a Ray cluster's workers), the device."""
+        opened) and, with `device` (not for a Ray cluster's workers), the device. A network
+        of one's own is built (random weights for a library's)."""
+        if is_own_model(self.name):
+            check_own_choices(self.name, self.deploy_txt, self.caffe_model, self.backend)
+            check_precision(self.precision, torch.device("cuda") if not device else
+                            default_device() if self.device is None else torch_device(self.device))
+            self.input_size()
+            return
         check_choices(self.name, self.deploy_txt, self.caffe_model, self.backend,
                       self.precision, (default_device() if self.device is None
                                        else torch_device(self.device)) if device else None)
@@ -286,12 +300,16 @@ class ModelSpec:
 
     def input_size(self) -> tuple[int, int]:
         """The network's input (height, width), from its files alone (no weights)."""
+        if is_own_model(self.name):
+            return tuple(self.architecture().input_size)
         if self.deploy_txt is not None:
             return tuple(network_input(read_prototxt(str(self.deploy_txt)))[1][1:])
         return preset(self.name).input_size
 
     def architecture(self) -> BlobNetwork:
         """The network with random weights (no download): its layers and shapes."""
+        if is_own_model(self.name):
+            return own_network(self.name, pretrained=False)[0]
         if self.deploy_txt is not None:
             return CaffeNet(read_prototxt(str(self.deploy_txt)), None).eval()
         return architecture(preset(self.name))
