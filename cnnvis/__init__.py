@@ -22,7 +22,8 @@ _PUBLIC = {
     "atlas": "cnnvis.jobs", "run_jobs": "cnnvis.jobs", "Job": "cnnvis.jobs",
     "JobResult": "cnnvis.jobs", "ModelSpec": "cnnvis.zoo",
     "make": "cnnvis.workflows", "replay": "cnnvis.workflows", "list_layers": "cnnvis.workflows",
-    "list_models": "cnnvis.workflows", "classify": "cnnvis.workflows",
+    "list_models": "cnnvis.workflows", "list_recipes": "cnnvis.workflows",
+    "classify": "cnnvis.workflows",
     "download": "cnnvis.workflows", "layer_gallery": "cnnvis.workflows", "Outcome": "cnnvis.request",
 }
 __all__ = list(_PUBLIC)

@@ -10,6 +10,7 @@ and the command line are built on the same planning (`cnnvis.plan`).
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from cnnvis.imageio import ImageInput, as_photo
 from cnnvis.model import VisModel
 from cnnvis.optimizer import Report
 from cnnvis.pixels import Picture
+from cnnvis.recipes import recipe_options
 from cnnvis.plan import (build_objective, check_combinations, check_model, grey_mask, new_seed,
                          plan_picture, run_plan)
 from cnnvis.settings import DreamOptions, check_seed, default
@@ -79,7 +81,9 @@ def dream(image: ImageInput, model: VisModel, *, seed: int | None = None,
     defaults (`target_layer=`, `num_steps=`, `initial_size=`, `tv_reg=`, ...; see
     `cnnvis.DreamOptions`). `callback(report)` runs every `output_iter` steps with the
     step, size, losses and the current picture; `progress(size_index, step)` after every
-    step, or `progress=True` for a progress bar (tqdm's, a widget in a notebook). `guide=` and `mask=` take images as `image` does (the command line's
+    step, or `progress=True` for a progress bar (tqdm's, a widget in a notebook). `recipe=`
+    names a recipe (--recipe; options given beside it apply over it). `guide=` and `mask=`
+    take images as `image` does (the command line's
     --guide_image and --mask; a mask may also be a uint8 array H x W). The same seed and
     options give the same pixels as the command line.
     """
@@ -89,14 +93,21 @@ def dream(image: ImageInput, model: VisModel, *, seed: int | None = None,
 def render(image: ImageInput, model: VisModel, *, seed: int | None = None,
            callback: Callable[[Report], None] | None = None,
            progress: Callable[[int, int], None] | bool | None = None,
-           guide: ImageInput = None, mask: ImageInput = None, **options) -> Picture:
+           guide: ImageInput = None, mask: ImageInput = None, recipe: str | None = None,
+           **options) -> Picture:
     """`dream`, returning a `Picture`: the float image itself (for 16-bit prints or further
-    work) and the seed that made it.
+    work) and the seed that made it. `recipe` (see `cnnvis.recipes`) sets its options
+    first; the `options` given apply over them.
 
     A run stopped by Ctrl-C raises `Interrupted`, and one whose image stops being finite
     `NonFiniteImage`; both carry the last good picture as `.picture`.
     """
     check_model(model)
+    if recipe is not None:
+        picture_options = {f.name for f in dataclasses.fields(DreamOptions)}
+        options = {**{name: value for name, value in recipe_options(
+            recipe, model.name, photo=image is not None or "initial_size" in options).items()
+            if name in picture_options}, **options}
     settings = DreamOptions.from_keywords(options)
     seed = check_seed(seed)
     photo = None if image is None else as_photo(image)

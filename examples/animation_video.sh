@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Animation: a dreamed video. Each frame of a camera pan across the coffee photo
-# (examples/inputs/coffee_pan.mp4, which make_inputs.py writes) is dreamed; the dream of
-# the frame before follows the motion (optical flow) into the next frame's start.
+# (examples/inputs/coffee_pan.mp4, which make_inputs.py writes) is dreamed; each frame
+# continues the dream of the frame before, carried along the motion (optical flow), with
+# gentler steps where the flow sees it again (--coherence, default 0.9).
 # Run from anywhere; options given to this script are passed on last, so they override, e.g.
 #   examples/animation_video.sh --model efficientnet_lite0 --gpu -1 --end_frame 5
 set -euo pipefail
@@ -20,6 +21,5 @@ exec "$PYTHON" cnn_vis.py \
   --p_reg 0.005 \
   --tv_reg 0.02 \
   --frame_steps 8 \
-  --blend 0.8 \
   --output_file examples/output/animation_video.gif \
   "$@"
