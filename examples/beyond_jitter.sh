@@ -12,16 +12,8 @@ mkdir -p examples/output
 exec "$PYTHON" cnn_vis.py \
   --initial_image examples/inputs/chelsea.png \
   --target_layer inception_4b/output \
+  --recipe dream \
   --initial_size x0.8 \
-  --final_size x1 \
-  --num_sizes 2 \
-  --num_steps 30 \
-  --learning_rate 4 \
-  --decay_rate 0.9 \
-  --alpha 2 \
-  --p_reg 0.005 \
-  --beta 2 \
-  --tv_reg 0.02 \
   --jitter 40 \
   --output_file examples/output/beyond_jitter.png \
   "$@"

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from cnnvis import zoo
-from cnnvis.arguments import build_parser
+from cnnvis.arguments import parse
+from cnnvis.request import Request
 from cnnvis.sizes import check_min_size, parse_size, size_sequence
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,12 +36,14 @@ def inputs():
 
 @pytest.mark.parametrize("script", SCRIPTS + BEYOND, ids=lambda p: p.stem)
 def test_script_sizes_fit_the_network_and_the_2015_scale(script, inputs):
-    args = build_parser().parse_args(script_arguments(script))
-    preset = zoo.preset(args.model)
+    given, _ = parse(script_arguments(script))   # a recipe's options under those given
+    request = Request.from_keywords(**{k: v for k, v in given.items() if k != "replay"})
+    args, command = request.dream, request.command
+    preset = zoo.preset(command.model)
     assert set(args.target_layer.split(",")) <= set(zoo.architecture(preset).blob_names)
     base = preset.input_size
-    if args.initial_image:
-        with Image.open(ROOT / args.initial_image) as photo:
+    if command.initial_image:
+        with Image.open(ROOT / command.initial_image) as photo:
             base = photo.size[::-1]
     sizes = size_sequence(parse_size(args.initial_size, base), parse_size(args.final_size, base),
                           args.num_sizes, args.resize_type)
