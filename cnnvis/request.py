@@ -20,9 +20,10 @@ from cnnvis.engine import keeps_freed_memory
 from cnnvis.errors import UserError
 from cnnvis.files import expanded, same_file
 from cnnvis.imageio import load_mean_colour, load_rgb
-from cnnvis.plan import grey_mask
+from cnnvis.plan import grey_mask, parse_list
 from cnnvis.recipes import recipe_options
 from cnnvis.recording import option_argv, recorded_text
+from cnnvis.sizes import parse_size
 from cnnvis.settings import (AnimationOptions, CommandOptions, DreamOptions,
                              all_options, default, options_from_keywords)
 
@@ -96,7 +97,20 @@ class Request:
         command = self.command
         return zoo.ModelSpec(command.model, command.deploy_txt, command.caffe_model,
                              command.backend, mean_bgr, device,
-                             keep_freed_memory=keeps_freed_memory(), precision=command.precision)
+                             keep_freed_memory=keeps_freed_memory(), precision=command.precision,
+                             preprocessing=self._preprocessing())
+
+    def _preprocessing(self) -> tuple[tuple[str, object], ...]:
+        """The input options of a network of one's own that are given, as keywords."""
+        command = self.command
+        values = {"input_size": parse_size(command.input_size, (224, 224), "--input_size")
+                  if command.input_size else None,
+                  "channel_order": command.channel_order,
+                  "mean": tuple(parse_list(command.input_mean, "--input_mean", float))
+                  if command.input_mean else None,
+                  "std": tuple(parse_list(command.input_std, "--input_std", float))
+                  if command.input_std else None}
+        return tuple((name, value) for name, value in values.items() if value is not None)
 
     def changed(self, **facts) -> list[str]:
         """The options with these facts (e.g. applies="zoom") that are not at their default."""

@@ -211,6 +211,18 @@ class CommandOptions:
                         "--deploy_txt/--caffe_model override its files; or a network of "
                         "one's own: model.onnx, file.py:function, torchvision:NAME, timm:NAME",
                         GROUPS[0])
+    input_size: str | None = option(None, str, "HxW: the input of a network of one's own "
+                                    "(default: its file's or library's, else 224x224)",
+                                    GROUPS[0], metavar="HxW")
+    channel_order: str | None = option(None, str, "RGB or BGR: the channel order of a network "
+                                       "of one's own (default: its file's, else RGB)",
+                                       GROUPS[0], choices=("RGB", "BGR"))
+    input_mean: str | None = option(None, str, "A,B,C in 0..1, in its channel order: the mean "
+                                    "that a network of one's own subtracts (default: its file's, "
+                                    "else ImageNet's)", GROUPS[0], metavar="A,B,C")
+    input_std: str | None = option(None, str, "A,B,C: what a network of one's own divides by "
+                                   "after the mean (default: its file's, else ImageNet's)",
+                                   GROUPS[0], metavar="A,B,C")
     deploy_txt: str | None = option(None, str, "Caffe .prototxt of the CNN (input blob 'data'); "
                                     "$CAFFE_ROOT and ~ are expanded", GROUPS[0], path=True)
     caffe_model: str | None = option(None, str, "Caffe .caffemodel with the CNN's weights",

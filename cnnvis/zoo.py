@@ -266,6 +266,9 @@ class ModelSpec:
     device: str | torch.device | None = None   # None: the GPU if there is one, else the CPU
     keep_freed_memory: bool = False
     precision: str = default("precision")
+    # A network of one's own: (keyword, value) pairs of `cnnvis.own_model.load_own_model`
+    # (input_size, channel_order, mean, std) that replace what its file or library says.
+    preprocessing: tuple[tuple[str, object], ...] = ()
 
     def load(self, device: str | torch.device | None = None) -> VisModel:
         """The model, on `device` (default: the spec's)."""
@@ -274,7 +277,8 @@ class ModelSpec:
             check_own_choices(self.name, self.deploy_txt, self.caffe_model, self.backend)
             return load_own_model(self.name, device=default_device() if device is None
                                   else torch_device(device), precision=self.precision,
-                                  mean_bgr=self.mean_bgr)
+                                  mean_bgr=self.mean_bgr, **dict(self.preprocessing))
+        self._check_no_preprocessing()
         return load_model(self.name, _text(self.deploy_txt), _text(self.caffe_model),
                           self.mean_bgr, default_device() if device is None
                           else torch_device(device), self.backend, self.precision)
@@ -290,6 +294,7 @@ class ModelSpec:
                             default_device() if self.device is None else torch_device(self.device))
             self.input_size()
             return
+        self._check_no_preprocessing()
         check_choices(self.name, self.deploy_txt, self.caffe_model, self.backend,
                       self.precision, (default_device() if self.device is None
                                        else torch_device(self.device)) if device else None)
@@ -309,10 +314,20 @@ class ModelSpec:
     def architecture(self) -> BlobNetwork:
         """The network with random weights (no download): its layers and shapes."""
         if is_own_model(self.name):
-            return own_network(self.name, pretrained=False)[0]
+            return own_network(self.name, pretrained=False,
+                               input_size=dict(self.preprocessing).get("input_size"))[0]
         if self.deploy_txt is not None:
             return CaffeNet(read_prototxt(str(self.deploy_txt)), None).eval()
         return architecture(preset(self.name))
+
+
+    def _check_no_preprocessing(self) -> None:
+        if self.preprocessing:
+            given = ", ".join(f"--{'input_' if name in ('mean', 'std') else ''}{name}"
+                              for name, _ in self.preprocessing)
+            raise UserError(f"{given}: for a network of one's own (--model model.onnx, "
+                            f"file.py:function, torchvision:NAME, timm:NAME); {self.name} has "
+                            "its own input.")
 
 
 def _text(path: str | os.PathLike | None) -> str | None:

@@ -186,3 +186,29 @@ def test_replay_runs_no_recorded_code_or_model_file_unless_trusted(tmp_path, cap
         refused(["--replay", str(png)], capsys, tmp_path / "out.png", "--trust_recorded_paths",
                 f"--model {model}")
     assert not marker.exists()
+
+
+def test_the_command_lines_input_options_are_the_apis_keywords(model_file, tmp_path, capsys):
+    """--input_size, --channel_order, --input_mean and --input_std reach a network of one's
+    own as load_model's keywords do: the same pixels; beside a preset, they are refused."""
+    output = tmp_path / "out.png"
+    given = {"input_size": (32, 48), "channel_order": "BGR", "mean": (0.2, 0.3, 0.4),
+             "std": (0.5, 0.25, 0.125)}
+    assert main(["--model", f"{model_file}:make", "--target_layer", "1", "--num_steps", "3",
+                 "--gpu", "-1", "--seed", "0", "--iter_behavior", "", "--input_size", "32x48",
+                 "--channel_order", "BGR", "--input_mean", "0.2,0.3,0.4",
+                 "--input_std", "0.5,0.25,0.125", "--output_file", str(output)]) == 0
+    model = cnnvis.load_model(f"{model_file}:make", device="cpu", **given)
+    assert model.input_size == (32, 48)
+    expected = cnnvis.dream(None, model, seed=0, target_layer="1", num_steps=3)
+    with Image.open(output) as made:
+        assert made.size == (48, 32)
+        assert np.array_equal(np.asarray(made.convert("RGB")), np.asarray(expected))
+        plain = cnnvis.dream(None, cnnvis.load_model(f"{model_file}:make", device="cpu",
+                                                     input_size=(32, 48)),
+                             seed=0, target_layer="1", num_steps=3)
+        assert not np.array_equal(np.asarray(made.convert("RGB")), np.asarray(plain))
+    capsys.readouterr()
+    refused(["--model", "efficientnet_lite0", "--input_mean", "0.5,0.5,0.5", "--gpu", "-1",
+             "--output_file", str(tmp_path / "preset.png")], capsys, tmp_path / "preset.png",
+            "--input_mean: for a network of one's own", "efficientnet_lite0 has its own input")
