@@ -188,9 +188,12 @@ def _zoom(maker: _FrameMaker, photo: np.ndarray | None,
     animation = plan.animation
     previous = maker.make(1, photo, later=False)
     yield previous
+    first_colour = stored_levels(previous.rgb, plan.depth).mean((0, 1))
     for number in range(2, animation.frames + 1):
         moved = camera_move(stored_levels(previous.rgb, plan.depth), animation.zoom,
                             animation.rotate, pan)
+        if animation.colour_hold:   # the mean colour drifts back towards frame 1's
+            moved += animation.colour_hold * (first_colour - moved.mean((0, 1)))
         photo = np.rint(np.clip(moved, 0, 255)).astype(np.uint8)
         previous = maker.make(number, photo, later=True)
         yield previous

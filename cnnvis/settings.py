@@ -167,6 +167,10 @@ class AnimationOptions:
                            minimum=-180, maximum=180, applies="zoom")
     pan: str = option("0,0", str, "DX,DY: pixels per frame that the picture moves right and "
                       "down", GROUPS[10], metavar="DX,DY", applies="zoom")
+    colour_hold: float = option(1.0, float, "zoom sequence: the share of the drift of each "
+                                "frame's mean colour from frame 1's taken back before it is "
+                                "dreamed (0: none, as before 2026-12)", GROUPS[10], minimum=0,
+                                maximum=1, applies="zoom")
     frame_steps: int | None = option(None, int, "steps of each frame after the first, at the "
                                      "final size (default: --num_steps)", GROUPS[10], minimum=1, applies="sequence")
     blend: float = option(0.5, float, "dreamed video: share of the previous frame's dream "

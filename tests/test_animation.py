@@ -59,12 +59,28 @@ def test_camera_move_matches_scipy_affine_transform():
 def test_each_zoom_frame_starts_from_the_previous_frame_moved(model):
     # With a learning rate of 0 the steps change nothing: each frame is its start.
     frames = list(animate(None, model, seed=3, frames=3, zoom=1.2, rotate=5, pan="2,1",
-                          target_layer="conv2", num_steps=2, learning_rate=0, initial_size="24x40"))
+                          target_layer="conv2", num_steps=2, learning_rate=0, initial_size="24x40",
+                          colour_hold=0.0))
     assert [frame.number for frame in frames] == [1, 2, 3]
     for before, after in zip(frames, frames[1:]):
         moved = camera_move(before.rgb.astype(np.float32), 1.2, 5, (2, 1))
         np.testing.assert_array_equal(after.rgb, np.rint(np.clip(moved, 0, 255)).astype(np.uint8))
     assert not np.array_equal(frames[0].rgb, frames[1].rgb)
+
+
+def test_the_colour_hold_takes_each_zoom_frames_colour_drift_back(model):
+    # Learning rate 0 again: each frame is the one before moved, its mean colour shifted by
+    # the colour hold's share of its distance from frame 1's.
+    for hold in (1.0, 0.5):
+        frames = list(animate(None, model, seed=3, frames=3, zoom=1.5, rotate=20, pan="6,3",
+                              target_layer="conv2", num_steps=2, learning_rate=0,
+                              initial_size="24x40", colour_hold=hold))
+        first = frames[0].rgb.astype(np.float32).mean((0, 1))
+        for before, after in zip(frames, frames[1:]):
+            moved = camera_move(before.rgb.astype(np.float32), 1.5, 20, (6, 3))
+            moved += hold * (first - moved.mean((0, 1)))
+            np.testing.assert_array_equal(after.rgb,
+                                          np.rint(np.clip(moved, 0, 255)).astype(np.uint8))
 
 
 def test_zoom_frame_one_is_the_single_picture(model):
