@@ -126,7 +126,7 @@ class _FrameMaker:
         self.later_plan = None
 
     def make(self, number: int, photo: np.ndarray | None, later: bool,
-             start: Callable[[], "Start"] = lambda: Start()) -> Frame:
+             start: Callable[[], Start] = Start) -> Frame:
         """Frame `number`: the stored one, or dreamed now from `photo` (and `start()`)."""
         rgb = self.stored(number)
         if rgb is not None:

@@ -138,10 +138,10 @@ def warp_error(frames: list[np.ndarray], clip: KnownMotionClip,
 
 
 def strength(outputs: list[np.ndarray], inputs: list[np.ndarray], clip: KnownMotionClip | None = None,
-             region: str | None = None, frames: slice = slice(None)) -> float:
+             region: str | None = None) -> float:
     """Mean |out_t - in_t| in grey levels, away from the edges (over `region` of `clip`)."""
     total, count = 0.0, 0
-    for t in range(len(outputs))[frames]:
+    for t in range(len(outputs)):
         mask = np.ones(outputs[t].shape[:2], dtype=bool)
         if region is not None:
             if t == 0:

@@ -109,7 +109,6 @@ class Dream:
         self.progress = progress
         self.jitter_generator = torch.Generator().manual_seed(seed)
         self.image: torch.Tensor | None = None
-        self.warm_cache = False
 
     def run(self, initial: torch.Tensor, anchor_rgb: np.ndarray | None,
             mask_grey: np.ndarray | None = None, in_place: bool = False,
@@ -139,12 +138,11 @@ class Dream:
                 self.image = torch.where(mask == 0, anchor if start is None else start, self.image)
             if step_scale is not None:
                 mask = step_scale.to(self.image) if mask is None else mask * step_scale.to(mask)
-            self.warm_cache = step_scale is not None   # a dream continued
-            self._optimise_size(size_index, anchor, mask)
+            self._optimise_size(size_index, anchor, mask, continued=step_scale is not None)
         return self.image
 
     def _optimise_size(self, size_index: int, anchor: torch.Tensor | None,
-                       mask: torch.Tensor | None) -> None:
+                       mask: torch.Tensor | None, continued: bool = False) -> None:
         s = self.options
         height, width = self.image.shape[-2:]
         tile = self.model.input_size
@@ -166,7 +164,7 @@ class Dream:
             for group in groups:
                 self._update_group(group, [windows.at(region, shift) for region in group],
                                    anchor, caches, rates, mask, learning_rate, tv_reg, stats,
-                                   warm=self.warm_cache and step == 1)
+                                   warm=continued and step == 1)
             first_bad = watch.after_step(self.image, step)   # 0 while finite; not read yet
             report = None
             if stats is not None:   # the step's one read: its diagnostics and the flag together

@@ -1,4 +1,4 @@
-"""Recipes: named sets of options that make a striking picture at once, tuned per model.
+"""Recipes: named sets of options that make a striking picture at once, on any model.
 
 A recipe is data: the options it sets for every model, and per model only the layer where
 it must differ. Its strengths mean the same on every network because a recipe calibrates

@@ -1,6 +1,5 @@
 """--replay of a PNG from anywhere: it writes only where the user says (or a new file here),
 never runs where the PNG says, reads no file the user did not name, and says what it runs."""
-import os
 import socket
 from pathlib import Path
 
