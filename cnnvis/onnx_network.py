@@ -16,6 +16,7 @@ from torch import nn
 
 from cnnvis.caffe.net import unknown_blob
 from cnnvis.errors import UserError
+from cnnvis.files import open_input
 from cnnvis.onnx_ops import OPERATORS, to_tensor
 
 # What follows a first convolution as its bias and normalisation, and passes through.
@@ -48,6 +49,9 @@ def read_onnx(path: str | os.PathLike):
     """The ModelProto of an ONNX file; a UserError for a missing, truncated or non-ONNX file."""
     onnx = import_onnx()
     from google.protobuf.message import DecodeError
+    if os.path.lexists(path):   # a named pipe or a device would be read for ever
+        with open_input(path, "ONNX file", "--model"):
+            pass
     try:
         model = onnx.load(os.fspath(path))
     except FileNotFoundError:

@@ -4,6 +4,7 @@ finite differences, and two real third-party models on a real photo."""
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from pathlib import Path
 
@@ -359,3 +360,10 @@ def test_a_graph_that_fails_at_its_input_size_is_refused(tmp_path):
                                 {"to": integers(2, 3, 9, 12)})
     with pytest.raises(UserError, match=r"at its input size 9x11, fails \(RuntimeError"):
         load_onnx_network(shape_mismatch)
+
+
+def test_a_named_pipe_for_an_onnx_file_is_refused_not_read(tmp_path, capsys):
+    pipe = tmp_path / "model.onnx"
+    os.mkfifo(pipe)
+    refused(["--model", str(pipe), "--gpu", "-1", "--output_file", str(tmp_path / "out.png")],
+            capsys, tmp_path / "out.png", "a named pipe", "--model")
