@@ -858,10 +858,12 @@ def section_recipe_strength(steps: int | None = None) -> None:
     photos = [resize_rgb(rgb, (380, round(380 * rgb.shape[1] / rgb.shape[0])))
               for rgb in (getattr(skimage.data, name)() for name in STRENGTH_PHOTOS)]
     models = real_models(torch.device("cpu"))
-    for recipe in NSFW_RECIPE_LAYERS:
+    # Each recipe, then dream without --calibrate: the strengths before calibration.
+    for recipe, calibrate in [(recipe, True) for recipe in NSFW_RECIPE_LAYERS] + [("dream", False)]:
         strengths = {}
+        label = recipe if calibrate else "dream, uncalibrated"
         for name, (_, model, _) in models.items():
-            options = recipe_options(recipe, "efficientnet_lite0")
+            options = {**recipe_options(recipe, "efficientnet_lite0"), "calibrate": calibrate}
             options.pop("iter_behavior")
             if name != "efficientnet_lite0":
                 options["target_layer"] = NSFW_RECIPE_LAYERS[recipe]
@@ -870,11 +872,11 @@ def section_recipe_strength(steps: int | None = None) -> None:
             strengths[name] = [float(np.abs(np.asarray(cnnvis.dream(photo, model, seed=0, **options),
                                                        dtype=float) - photo).mean())
                                for photo in photos]
-            print(f"[strength] {recipe:8} {name:22} {options.get('target_layer') or model.default_layer:22} "
+            print(f"[strength] {label:8} {name:22} {options.get('target_layer') or model.default_layer:22} "
                   + " ".join(f"{value:5.1f}" for value in strengths[name])
                   + f"  mean {np.mean(strengths[name]):5.1f}", flush=True)
         means = [np.mean(values) for values in strengths.values()]
-        print(f"[strength] {recipe:8} largest / smallest mean: {max(means) / min(means):.2f} "
+        print(f"[strength] {label:8} largest / smallest mean: {max(means) / min(means):.2f} "
               "(goal: at most 1.5)", flush=True)
 
 
@@ -897,14 +899,16 @@ def section_video_coherence(frames: int = 12) -> None:
         clip = known_motion_clip(skimage.data.astronaut(), kind, frames=frames, size=(224, 288),
                                  patch=patch)
         inputs = through_codec(clip.frames)
-        measured = {flow: coherence([frame.rgb for frame in cnnvis.dream_video(
-            enumerate(inputs, 1), model, seed=0, flow=flow, **options)], inputs, clip)
-            for flow in ("none", "dis")}
-        alone, carried = measured["none"], measured["dis"]
+        # Each frame on its own, the default, and the carry of before --coherence.
+        measured = [coherence([frame.rgb for frame in cnnvis.dream_video(
+            enumerate(inputs, 1), model, seed=0, **options, **variant)], inputs, clip)
+            for variant in ({"flow": "none"}, {}, {"coherence": 0.0})]
+        alone, carried, before = measured
         print(f"[coherence] {kind:6} flicker {carried.flicker:.3f} vs {alone.flicker:.3f} alone "
               f"({carried.flicker / alone.flicker:.2f}x), strength {carried.strength:.1f} vs "
-              f"{alone.strength:.1f} ({carried.strength / alone.strength:.2f}x); input clip's "
-              f"warp error {alone.input_warp_error:.2f}", flush=True)
+              f"{alone.strength:.1f} ({carried.strength / alone.strength:.2f}x); with "
+              f"--coherence 0 (before) {before.flicker:.3f} ({before.flicker / alone.flicker:.2f}x); "
+              f"input clip's warp error {alone.input_warp_error:.2f}", flush=True)
     for height, width in ((360, 640), (720, 1280)):
         clip = known_motion_clip(cv2.resize(skimage.data.astronaut(), (width + 200, width + 200)),
                                  "pan", frames=3, size=(height, width))
