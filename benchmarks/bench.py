@@ -933,6 +933,42 @@ def section_video_coherence(frames: int = 12) -> None:
               f"flow and carrying {carrying[0] / total:.1%} of it", flush=True)
 
 
+def section_video_chunks(frames: int = 26, chunk_frames: int = 16) -> None:
+    """[chunks] A video in chunks: the seam ratio (cnnvis.coherence.seam_ratio; goal: at most
+    1.2) and the dream's strength mid-cross-fade, on the pan clip at 224x256 with the
+    coherence settings, for the default --warmup_frames against a chunk that starts cold
+    (--warmup_frames 0, the seam as it would be without the cross-fade); then the seconds
+    of a 26-frame video in chunks here and with --workers 2 (the ratio is what 2 processes
+    give on this machine)."""
+    import skimage.data
+    from cnnvis.coherence import known_motion_clip, seam_ratio, strength, through_codec
+    from cnnvis.settings import default
+    options = dict(target_layer="stage5/block3", num_steps=10, learning_rate=10.0,
+                   p_reg=0.0026, tv_reg=0.0026, alpha=2.0, calibrate=True, jitter=8,
+                   output_iter=1000, chunk_frames=chunk_frames)
+    clip = known_motion_clip(skimage.data.astronaut(), "pan", frames=frames, size=(224, 256))
+    inputs = through_codec(clip.frames)
+    model = cnnvis.load_model("efficientnet_lite0", device="cpu")
+    for warmup in (default("warmup_frames"), 0):
+        outputs = [frame.rgb for frame in cnnvis.frames_in_order(cnnvis.dream_video_chunks(
+            enumerate(inputs, 1), model, seed=0, warmup_frames=warmup, **options))]
+        seam = range(chunk_frames - warmup, chunk_frames + 1)
+        faded = (strength(outputs[seam[0]:chunk_frames], inputs[seam[0]:chunk_frames]) /
+                 strength(outputs[chunk_frames:], inputs[chunk_frames:])) if warmup else 1.0
+        print(f"[chunks] --warmup_frames {warmup:2}: seam ratio "
+              f"{seam_ratio(outputs, clip, seam):.2f}, strength through the cross-fade "
+              f"{faded:.2f}x", flush=True)
+    spec = cnnvis.ModelSpec("efficientnet_lite0", device="cpu")
+    seconds = []
+    for workers in (1, 2):
+        started = time.perf_counter()
+        list(cnnvis.dream_video_chunks(enumerate(inputs, 1), spec, seed=0, workers=workers,
+                                       **{**options, "chunk_frames": 13}))
+        seconds.append(time.perf_counter() - started)
+    print(f"[chunks] {frames} frames in chunks of 13: {seconds[0]:.0f} s here, {seconds[1]:.0f} s "
+          f"with --workers 2 ({seconds[0] / seconds[1]:.2f}x)", flush=True)
+
+
 def benchmark_device(device: torch.device, timer: Timer, caffemodel: Path, steps: int,
                      work: Path) -> DeviceSummary:
     """Sections [1]-[4] on one device."""
@@ -994,6 +1030,8 @@ def main() -> None:
     section_recipe_strength(1 if args.quick else None)
     print("\n=== dreamed video's coherence (CPU) ===", flush=True)
     section_video_coherence(6 if args.quick else 12)
+    print("\n=== dreamed video in chunks (CPU) ===", flush=True)
+    section_video_chunks(*((22, 12) if args.quick else ()))
     print(f"\nload average {load_average()}; "
           f"the benchmark took {time.perf_counter() - started:.0f} s")
     print("bf16_speedup_vs_fp32: "

@@ -18,6 +18,7 @@ _PUBLIC = {
     "NonFiniteImage": "cnnvis.errors", "Interrupted": "cnnvis.errors",
     "keep_freed_memory": "cnnvis.engine",
     "animate": "cnnvis.animation", "dream_video": "cnnvis.animation", "Frame": "cnnvis.animation",
+    "dream_video_chunks": "cnnvis.chunks", "ChunkFrame": "cnnvis.chunks", "frames_in_order": "cnnvis.chunks",
     "AnimationOptions": "cnnvis.settings",
     "atlas": "cnnvis.jobs", "run_jobs": "cnnvis.jobs", "Job": "cnnvis.jobs",
     "JobResult": "cnnvis.jobs", "ModelSpec": "cnnvis.zoo",

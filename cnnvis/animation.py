@@ -92,6 +92,11 @@ def plan_sequence(options: dict, *, photo_size: tuple[int, int] | None,
         raise ValueError(f"depth must be 8 or 16, not {depth}")
     guide_rgb = None if guide is None else as_photo(guide, "--guide_image")
     mask_grey = None if mask is None else grey_mask(mask)
+    if animation.chunk_frames is not None and animation.chunk_frames < animation.warmup_frames:
+        raise UserError(f"--chunk_frames {animation.chunk_frames} is shorter than --warmup_frames "
+                        f"{animation.warmup_frames}: a chunk's warm-up would reach back past "
+                        f"the chunk before; give --chunk_frames of at least "
+                        f"{animation.warmup_frames}, or fewer --warmup_frames.")
     # A later frame's photo is the frame before it.
     check_combinations(first, photo_size is not None or animation.frames > 1,
                        guide_rgb is not None)
@@ -212,6 +217,9 @@ def dream_video(video_frames: Iterable[tuple[int, np.ndarray]], model: VisModel,
     or at `final_size`.
     """
     check_model(model)
+    if options.get("chunk_frames") is not None:
+        raise TypeError("chunk_frames cuts a video into chunks: cnnvis.dream_video_chunks "
+                        "makes it")
     video_frames = iter(video_frames)
     first = next(video_frames, None)
     if first is None:
@@ -236,7 +244,7 @@ def video_dream_frames(plan: SequencePlan, model: VisModel,
 def _video(maker: _FrameMaker, video_frames: Iterable[tuple[int, np.ndarray]]) -> Iterator[Frame]:
     plan, model = maker.plan, maker.model
     animation, depth = plan.animation, plan.depth
-    estimator = flow_estimator() if animation.flow != "none" and animation.blend > 0 else None
+    carry = animation.flow != "none" and animation.blend > 0
     previous = None   # (input frame at the final size, output frame) of the frame before
     for number, photo in video_frames:
         if previous is None:
@@ -244,8 +252,10 @@ def _video(maker: _FrameMaker, video_frames: Iterable[tuple[int, np.ndarray]]) -
             size = frame.rgb.shape[:2]
         else:
             photo = resize_rgb(as_photo(photo), size)
-            carried = estimator and (lambda: _carried_start(
-                photo, *previous, animation, estimator, depth, model.mean_bgr))
+            # A new estimator for each frame: DIS keeps state from one call to the next on
+            # frames under 32 pixels high, and a frame's dream depends only on the one before.
+            carried = carry and (lambda: _carried_start(
+                photo, *previous, animation, flow_estimator(), depth, model.mean_bgr))
             frame = maker.make(number, photo, later=True, start=carried or Start)
         if frame.rgb.shape[:2] != tuple(size):
             raise UserError(f"frame {number} is {frame.rgb.shape[1]}x{frame.rgb.shape[0]} and "

@@ -6,7 +6,9 @@ For a clip whose motion is known (where each pixel of frame t was in frame t - 1
   away from the edges, in grey levels;
 - strength: mean |out_t - in_t|, how much the dream changes the frames;
 - flicker: (warp error of the output - warp error of the input clip) / strength: how much
-  the dream itself changes from frame to frame, for each grey level of dream.
+  the dream itself changes from frame to frame, for each grey level of dream;
+- seam ratio: the warp error of the frames where a video in chunks goes from one chunk to
+  the next (its cross-fade) against that of the frames inside the chunks.
 
 The clips (`known_motion_clip`) are made from a photo: a pan, a zoom, a rotation, or a
 patch of another photo moving over a still one; each frame gets its own sensor noise, and
@@ -15,6 +17,7 @@ patch of another photo moving over a still one; each frame gets its own sensor n
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import av
@@ -127,14 +130,34 @@ def through_codec(frames: list[np.ndarray], crf: int = 23) -> list[np.ndarray]:
 def warp_error(frames: list[np.ndarray], clip: KnownMotionClip,
                region: str | None = None) -> float:
     """Mean |f_t(p) - f_{t-1}(source(p))| over the pixels frame t - 1 shows (and `region`)."""
-    errors, counts = 0.0, 0
+    sums, counts = zip(*_pair_errors(frames, clip, region))
+    return sum(sums) / max(sum(counts), 1)
+
+
+def frame_warp_errors(frames: list[np.ndarray], clip: KnownMotionClip) -> list[float]:
+    """The warp error of each frame after the first against the one before it."""
+    return [errors / max(count, 1) for errors, count in _pair_errors(frames, clip, None)]
+
+
+def seam_ratio(frames: list[np.ndarray], clip: KnownMotionClip, seam: range,
+               settled: int = 5) -> float:
+    """The mean warp error of the frames of `seam` (indices from 0) against that of the other
+    frames from `settled` on (those before still settle from frame 0's dream)."""
+    errors = frame_warp_errors(frames, clip)   # errors[t - 1]: frame t against frame t - 1
+    at_seam = [errors[t - 1] for t in seam]
+    inside = [errors[t - 1] for t in range(settled, len(frames)) if t not in seam]
+    return float(np.mean(at_seam) / np.mean(inside))
+
+
+def _pair_errors(frames: list[np.ndarray], clip: KnownMotionClip,
+                 region: str | None) -> Iterator[tuple[float, int]]:
+    """(sum of |differences|, their count) of each frame after the first."""
     for t in range(1, len(frames)):
         map_x, map_y = clip.sources[t - 1]
         previous = cv2.remap(frames[t - 1].astype(np.float32), map_x, map_y, cv2.INTER_LINEAR)
         mask = _interior(clip.seen[t - 1], region and clip.regions[region][t - 1])
-        errors += float(np.abs(frames[t].astype(np.float32) - previous)[mask].sum())
-        counts += int(mask.sum()) * 3
-    return errors / max(counts, 1)
+        yield (float(np.abs(frames[t].astype(np.float32) - previous)[mask].sum()),
+               int(mask.sum()) * 3)
 
 
 def strength(outputs: list[np.ndarray], inputs: list[np.ndarray], clip: KnownMotionClip | None = None,

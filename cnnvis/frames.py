@@ -1,5 +1,6 @@
 """The folder of a sequence's finished frames, `{stem}_frames/` beside the output: one PNG
-per frame, `000001.png` on, each recording the settings that decide its pixels. A run
+per frame, `000001.png` on, each recording the settings that decide its pixels; for a video
+in chunks, also each chunk's own dream of the frames it cross-fades, `000037_chunk2.png`. A run
 resumed with --resume reuses the frames that the same settings made, and refuses frames
 that other settings made (or of another size, or whose recorded settings cannot be read)
 rather than mixing them in.
@@ -21,7 +22,7 @@ from cnnvis.files import open_input
 from cnnvis.imageio import (SETTINGS_KEY, check_writable_output, differing_settings, make_folder,
                             save_png, settings_text)
 
-FRAME_NAME = re.compile(r"(\d{6})\.png")
+FRAME_NAME = re.compile(r"(\d{6})(_chunk\d+)?\.png")
 
 
 class FrameStore:
@@ -34,8 +35,9 @@ class FrameStore:
         self.settings = dict(settings)
         self.png_text = {**png_text, **settings_text(self.settings)}
 
-    def path(self, number: int) -> Path:
-        return self.folder / f"{number:06d}.png"
+    def path(self, number: int, chunk: int | None = None) -> Path:
+        """Frame `number`, or chunk `chunk`'s own dream of it."""
+        return self.folder / (f"{number:06d}.png" if chunk is None else f"{number:06d}_chunk{chunk}.png")
 
     def check_writable(self) -> None:
         """Fail now, before any work, if frames could not be written into the folder."""
@@ -45,15 +47,16 @@ class FrameStore:
         if self.folder.is_dir():
             check_writable_output(self.path(1))
 
-    def save(self, number: int, rgb: np.ndarray) -> None:
-        """Write frame `number` (the folder is made with the first frame)."""
+    def save(self, number: int, rgb: np.ndarray, chunk: int | None = None) -> None:
+        """Write frame `number`, or chunk `chunk`'s own dream of it (the folder is made with
+        the first frame)."""
         make_folder(self.folder, "the frames folder")
-        save_png(self.path(number), rgb, {**self.png_text, "cnn-vis:frame": str(number)})
+        save_png(self.path(number, chunk), rgb, {**self.png_text, "cnn-vis:frame": str(number)})
 
     def check_resumable(self, size: tuple[int, int]) -> None:
         """Refuse stored frames that other settings made, naming the settings that differ,
         and frames of another (height, width) than `size`, this run's."""
-        for number, frame in recorded_frames(self.folder).items():
+        for path, frame in recorded_frames(self.folder).items():
             if frame.settings is None:
                 differences = ["its recorded settings are not a cnn-vis record"]
             else:
@@ -63,14 +66,15 @@ class FrameStore:
                 differences = [f"it is {frame.size[1]}x{frame.size[0]} pixels, this run's "
                                f"frames {size[1]}x{size[0]}"]
             if differences:
-                raise UserError(f"--resume: frame {self.path(number)} was made by another "
+                raise UserError(f"--resume: frame {path} was made by another "
                                 f"command ({'; '.join(differences)}); give the same options as "
                                 "before, or drop --resume to make every frame anew, or choose "
                                 "another --output_file")
 
-    def stored(self, number: int) -> np.ndarray | None:
-        """The pixels of frame `number` when it is in the folder (checked before), else None."""
-        path = self.path(number)
+    def stored(self, number: int, chunk: int | None = None) -> np.ndarray | None:
+        """The pixels of frame `number` (or of chunk `chunk`'s own dream of it) when it is in
+        the folder (checked before), else None."""
+        path = self.path(number, chunk)
         if not path.is_file():
             return None
         with open_input(path, "frame", "--resume") as file:
@@ -96,8 +100,8 @@ class StoredFrame:
     size: tuple[int, int]
 
 
-def recorded_frames(folder: Path) -> dict[int, StoredFrame]:
-    """The frame PNGs of `folder`, by frame number."""
+def recorded_frames(folder: Path) -> dict[Path, StoredFrame]:
+    """The frame PNGs of `folder`, in the order of their names."""
     recorded = {}
     if not folder.is_dir():
         return recorded
@@ -119,12 +123,12 @@ def recorded_frames(folder: Path) -> dict[int, StoredFrame]:
             settings = json.loads(text)
         except (ValueError, RecursionError):   # edited: read as another command's
             settings = None
-        recorded[int(match.group(1))] = StoredFrame(
+        recorded[path] = StoredFrame(
             settings if isinstance(settings, dict) else None, size)
     return recorded
 
 
-def recorded_seed(recorded: Mapping[int, StoredFrame]) -> int | None:
+def recorded_seed(recorded: Mapping[Path, StoredFrame]) -> int | None:
     """The seed that the first stored frame records, where it is a seed, else None."""
     first = next(iter(recorded.values()), None)
     seed = first.settings.get("seed") if first and first.settings else None

@@ -37,7 +37,7 @@ from cnnvis.objectives import Objective
 from cnnvis.pixels import MAX_LEVEL
 from cnnvis.plan import (build_objective, check_combinations, check_model, grey_mask, new_seed,
                          parse_list, plan_picture, resolve_target, run_plan)
-from cnnvis.pools import RETRIES, WORKER_DIED, LocalWorkers, RayTasks
+from cnnvis.pools import RETRIES, WORKER_DIED, open_pool
 from cnnvis.settings import CommandOptions, DreamOptions, check_seed, default
 from cnnvis.tiling import checkerboard_groups
 from cnnvis.zoo import ModelSpec
@@ -112,20 +112,8 @@ def run_jobs(jobs: Iterable[Job], model: VisModel | ModelSpec, *, guide: ImageIn
                  None if mask is None else grey_mask(mask), depth)
     check_combinations(plan.options, any(job.image is not None for job in jobs),
                        plan.guide_rgb is not None)
-    if ray is None and (workers or 1) == 1:
-        if isinstance(model, ModelSpec):
-            model = model.load()
-        pool = _Here(model, plan)
-    elif not isinstance(model, ModelSpec):
-        raise TypeError("workers and Ray load the model themselves: give a cnnvis.ModelSpec, "
-                        "not a loaded model")
-    elif ray is not None:
-        model.check(device=False)   # here, not as every task's error (the cluster's devices)
-        pool = RayTasks(model, plan, ray, workers, _render, ray_timeout)
-    else:   # no more workers than jobs: each would load the model for nothing
-        model.check()   # here, not as every worker's death
-        pool = LocalWorkers(model, plan, max(1, min(workers, len(jobs))), _render)
-    return _results(jobs, pool)
+    # No more workers than jobs: each would load the model for nothing.
+    return _results(jobs, open_pool(model, plan, _render, workers, ray, ray_timeout, most=len(jobs)))
 
 
 def atlas(image: ImageInput, model: VisModel | ModelSpec, *, neurons: Sequence[int] | str,
@@ -231,21 +219,3 @@ def _results(jobs: list[Job], pool) -> Iterator[JobResult]:
 def _without_image(job: Job) -> Job:
     """The job as it travels to a worker: its photo goes beside it, already read."""
     return dataclasses.replace(job, image=None)
-
-
-class _Here:
-    """Jobs run one after the other in this process."""
-
-    slots, retries = 1, 0
-
-    def __init__(self, model: VisModel, plan: _Plan):
-        self.model, self.plan = model, plan
-
-    def submit(self, job: Job, photo: np.ndarray | None) -> JobResult:
-        return _render(self.model, self.plan, job, photo)
-
-    def wait(self, handles: list[JobResult]) -> list[tuple[JobResult, JobResult]]:
-        return [(result, result) for result in handles]
-
-    def close(self) -> None:
-        pass

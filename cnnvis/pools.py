@@ -1,7 +1,7 @@
-"""Where the jobs of a large job run when not in the caller's process: local worker
-processes or the tasks of a Ray cluster (`cnnvis.jobs` schedules them). Each worker loads
-the model once and runs `render(model, plan, job, photo)` (`cnnvis.jobs`' one job) for
-each job it is sent.
+"""Where jobs run: here, in local worker processes or as the tasks of a Ray cluster
+(`cnnvis.jobs` schedules a large job's pictures, `cnnvis.chunks` a video's chunks). Each
+worker loads the model once and runs `render(model, plan, job, photo)` for each job it is
+sent (a picture, or a few frames of a chunk).
 """
 from __future__ import annotations
 
@@ -31,6 +31,49 @@ RETRIES = 3   # further tries of a job whose worker died (Ray's default for task
 WORKER_DIED = "the worker process running it died (out of memory, or killed)"
 # One job in a worker: (model, plan, job, photo) -> its result.
 Render = Callable[[VisModel, Any, Any, "np.ndarray | None"], Any]
+
+
+def open_pool(model: VisModel | ModelSpec, plan: Any, render: Render, workers: int | None,
+              ray: str | None, ray_timeout: float = default("ray_timeout"),
+              most: int | None = None):
+    """Where jobs run: here (`workers` 1, with `model` loaded here if it is a `ModelSpec`),
+    in `workers` local processes (no more than `most`: each would load the model for
+    nothing) or on the Ray cluster at `ray`; the model's files are checked first, here."""
+    if ray is None and (workers or 1) == 1:
+        return Here(model.load() if isinstance(model, ModelSpec) else model, plan, render)
+    if not isinstance(model, ModelSpec):
+        raise TypeError("workers and Ray load the model themselves: give a cnnvis.ModelSpec, "
+                        "not a loaded model")
+    if ray is not None:
+        model.check(device=False)   # here, not as every task's error (the cluster's devices)
+        return RayTasks(model, plan, ray, workers, render, ray_timeout)
+    model.check()   # here, not as every worker's death
+    return LocalWorkers(model, plan, max(1, workers if most is None else min(workers, most)), render)
+
+
+class Here:
+    """Jobs run one after the other in this process, with the model the caller loaded."""
+
+    slots, retries = 1, 0
+
+    def __init__(self, model: VisModel, plan: Any, render: Render):
+        self.model, self.plan, self.render = model, plan, render
+
+    def submit(self, job: Any, photo: Any) -> "_Finished":
+        return _Finished(self.render(self.model, self.plan, job, photo))
+
+    def wait(self, handles: list["_Finished"]) -> list[tuple["_Finished", Any]]:
+        return [(handle, handle.outcome) for handle in handles]
+
+    def close(self) -> None:
+        pass
+
+
+class _Finished:
+    """A job that ran here: its handle (a job's outcome need not be hashable)."""
+
+    def __init__(self, outcome: Any):
+        self.outcome = outcome
 
 
 class LocalWorkers:

@@ -22,7 +22,7 @@ from cnnvis.files import expanded, same_file
 from cnnvis.imageio import load_mean_colour, load_rgb
 from cnnvis.plan import grey_mask, parse_list
 from cnnvis.recipes import recipe_options
-from cnnvis.recording import option_argv, recorded_text
+from cnnvis.recording import option_argv, option_flags, recorded_text
 from cnnvis.sizes import parse_size
 from cnnvis.settings import (AnimationOptions, CommandOptions, DreamOptions,
                              all_options, default, options_from_keywords)
@@ -80,6 +80,14 @@ class Request:
         """The request with the seed drawn for it, recorded so that --replay repeats it."""
         argv = None if self.argv is None else (*self.argv, "--seed", str(seed))
         return dataclasses.replace(self, command=dataclasses.replace(self.command, seed=seed),
+                                   argv=argv)
+
+    def with_options(self, **animation) -> "Request":
+        """The request with `animation` options decided for it (a video's chunks), recorded
+        so that --replay repeats them."""
+        argv = None if self.argv is None else (
+            *self.argv, *(flag for name, value in animation.items() for flag in option_flags(name, value)))
+        return dataclasses.replace(self, animation=dataclasses.replace(self.animation, **animation),
                                    argv=argv)
 
     def recorded_argv(self) -> list[str]:

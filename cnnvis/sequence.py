@@ -11,7 +11,10 @@ import sys
 from fractions import Fraction
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from cnnvis.animation import plan_sequence, video_dream_frames, zoom_frames
+from cnnvis.chunks import DEFAULT_CHUNK_FRAMES, ChunkFrame, chunked_frames
 from cnnvis.errors import NonFiniteImage, UserError
 from cnnvis.frames import FrameStore, recorded_frames, recorded_seed
 from cnnvis.ownership import check_own_folder
@@ -29,7 +32,7 @@ if TYPE_CHECKING:
     import torch
 
 # A frame, or an intermediate picture of one (`save`): 000001.png, 000001_1_50.png.
-FRAME_FILE = re.compile(r"\d{6}(_\d+_\d+)?\.png")
+FRAME_FILE = re.compile(r"\d{6}(_\d+_\d+|_chunk\d+)?\.png")
 
 
 def check_sequence(request: Request) -> None:
@@ -50,11 +53,26 @@ def check_sequence(request: Request) -> None:
             raise UserError(f"--end_frame {command.end_frame} comes before --start_frame "
                             f"{command.start_frame}; give an --end_frame of at least "
                             f"{command.start_frame}.")
+        if animation.chunk_frames is None and "warmup_frames" in request.changed() \
+                and not _in_chunks(request):
+            raise UserError("--warmup_frames is the warm-up of a video in chunks; give "
+                            "--chunk_frames N (or --workers, or --ray), or drop --warmup_frames.")
     else:
         unused = request.changed(applies="video")
         if unused:
             raise UserError(f"--{unused[0]} is an option of dreamed videos; give --input_video "
                             f"VIDEO, or drop --{unused[0]}.")
+        for name in request.changed(applies="jobs"):
+            raise UserError(f"--{name} runs the chunks of a dreamed video (--input_video) at "
+                            "once; each frame of a zoom sequence starts from the one before, "
+                            f"so they are made one after the other here: drop --{name}.")
+
+
+def _in_chunks(request: Request) -> bool:
+    """Whether the request's video is dreamed in chunks."""
+    command = request.command
+    return bool(command.input_video) and (request.animation.chunk_frames is not None
+                                          or (command.workers or 1) > 1 or command.ray is not None)
 
 
 def write_sequence(request: Request) -> Outcome:
@@ -75,6 +93,9 @@ def write_sequence(request: Request) -> Outcome:
             video.check_first_frame()
         photo_size = video.size if video else None if inputs.photo is None else inputs.photo.shape[:2]
 
+        if _in_chunks(request) and animation.chunk_frames is None:
+            request = request.with_options(chunk_frames=DEFAULT_CHUNK_FRAMES)
+            animation = request.animation
         seed = command.seed
         store_folder = output.with_name(f"{output.stem}_frames")
         recorded = recorded_frames(store_folder) if command.resume else {}
@@ -86,7 +107,9 @@ def write_sequence(request: Request) -> Outcome:
                              photo_size=photo_size,
                              input_size=spec.input_size(), device=device, seed=seed,
                              guide=inputs.guide, mask=inputs.mask, depth=command.output_depth)
-        model = spec.load()
+        # Chunks in workers or on Ray load the model there; here it names the model.
+        parallel = _in_chunks(request) and ((command.workers or 1) > 1 or command.ray is not None)
+        model = spec.load("cpu" if parallel else None)
         png_text = request.png_text(model.name, seed)
         store = FrameStore(output, command.output_depth, png_text,
                            pixel_settings(request.command, options, animation, seed=seed))
@@ -108,13 +131,21 @@ def write_sequence(request: Request) -> Outcome:
                                    png_text, total=total,
                                    show_size=(command.show_width, command.show_height),
                                    frames_folder=store.folder)
-        keywords = dict(callback=observer.report, progress=None,
-                        stored=store.stored if command.resume else None)
-        if video:
-            sequence = video_dream_frames(plan, model, video.frames(command.start_frame,
-                                                                    command.end_frame), **keywords)
+        stored = store.stored if command.resume else None
+        if _in_chunks(request):
+            sequence = chunked_frames(plan, spec if parallel else model,
+                                      video.frames(command.start_frame, command.end_frame),
+                                      workers=command.workers, ray=command.ray,
+                                      ray_timeout=command.ray_timeout, stored=stored)
         else:
-            sequence = zoom_frames(plan, model, inputs.photo, **keywords)
+            keywords = dict(callback=observer.report, progress=None, stored=stored)
+            if video:
+                frames = video_dream_frames(plan, model, video.frames(command.start_frame,
+                                                                      command.end_frame), **keywords)
+            else:
+                frames = zoom_frames(plan, model, inputs.photo, **keywords)
+            sequence = (ChunkFrame(frame.number, 1, frame.rgb, raw=False,
+                                   made=frame.picture is not None) for frame in frames)
         if "print" in actions:
             print(describe_dream(options, command.guide_image, command.mask), file=sys.stderr)
         fps = Fraction(command.fps).limit_denominator(1001) if command.fps else (
@@ -124,17 +155,25 @@ def write_sequence(request: Request) -> Outcome:
         writer = stack.enter_context(video_writer(output, fps, video, sound_from))
         stopped: BaseException | None = None
         finished = 0   # the frames in the folder
+        shown: dict[int, np.ndarray | None] = {}   # finished, not yet in the video (None: on disk)
+        next_shown = command.start_frame if video else 1
         try:
             for frame in sequence:
                 # A signal now waits until the frame is in the folder and in the video.
                 with signals_deferred():
-                    if frame.picture is not None:
-                        store.save(frame.number, frame.rgb)
-                    finished += 1
-                    writer.write(frame.rgb)
-                observer.frame_done(frame.number)
+                    if frame.made:
+                        store.save(frame.number, frame.rgb, frame.chunk if frame.raw else None)
+                    if not frame.raw:
+                        finished += 1
+                        shown[frame.number] = frame.rgb if frame.number == next_shown else None
+                    while next_shown in shown:   # the video takes its frames in order
+                        rgb = shown.pop(next_shown)
+                        writer.write(store.stored(next_shown) if rgb is None else rgb)
+                        next_shown += 1
+                if not frame.raw:
+                    observer.frame_done(frame.number)
         except (UserError, KeyboardInterrupt, VideoWriteError) as stop:
-            stopped = stop   # the finished frames make the video
+            stopped = stop   # the finished frames make the video, up to the first gap
         finally:
             observer.close()
         unwritten: UserError | None = None
@@ -153,7 +192,10 @@ def write_sequence(request: Request) -> Outcome:
     if writer.count == 0:
         raise UserError(f"{video.path} has no frames from --start_frame {command.start_frame} on"
                         f"{_decodable(video)}; give a --start_frame within the video.")
-    done = f"the {writer.count} finished frame(s) are in {store.folder} and {output}"
+    done = (f"the {writer.count} finished frame(s) are in {store.folder} and {output}"
+            if finished == writer.count else
+            f"the {finished} finished frame(s) are in {store.folder}, and the first "
+            f"{writer.count} of them, up to the first one not finished, in {output}")
     if isinstance(stopped, KeyboardInterrupt):
         return Outcome(f"{done} (--resume continues).", stopped)
     if isinstance(stopped, NonFiniteImage):

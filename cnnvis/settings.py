@@ -181,6 +181,15 @@ class AnimationOptions:
                               "and each step is damped by this share (0: the carry of --blend "
                               "and full steps, as before 2026-12), below 1", GROUPS[10],
                               minimum=0, maximum=1, below=True, applies="video")
+    chunk_frames: int | None = option(None, int, "dreamed video: cut it into chunks of this many "
+                                      "frames, which run at once on --workers or --ray (default "
+                                      "with them: 48), each starting --warmup_frames early and "
+                                      "cross-faded into the chunk before", GROUPS[10], minimum=1,
+                                      applies="video")
+    warmup_frames: int = option(10, int, "dreamed video in chunks: frames each chunk after the "
+                                "first dreams before its own, over which the video cross-fades "
+                                "from the chunk before to it", GROUPS[10], minimum=0,
+                                applies="video")
     flow: str = option("dis", str, "dreamed video: how the previous dream follows the motion: "
                        "OpenCV's DIS optical flow, or none (each frame dreamed on its own)",
                        GROUPS[10], choices=FLOWS, applies="video")

@@ -41,7 +41,7 @@ def make(*, command_line: Sequence[str] | None = None, **options) -> Outcome:
     images = image_files(command.initial_image) if command.initial_image else None
     if (command.input_video or request.animation.frames > 1
             or request.output.suffix.lower() in VIDEO_SUFFIXES):
-        _check_no_jobs(request, images, "a sequence")
+        _check_no_jobs(request, images, "a sequence", pools=False)   # a video's chunks use them
         return write_sequence(request)
     _check_no_sequence(request)
     if request.neurons is not None or images is not None:
@@ -50,15 +50,17 @@ def make(*, command_line: Sequence[str] | None = None, **options) -> Outcome:
     return write_picture(request)
 
 
-def _check_no_jobs(request: Request, images: list[Path] | None, what: str) -> None:
-    """Refuse options of large jobs given to a command that makes `what`."""
+def _check_no_jobs(request: Request, images: list[Path] | None, what: str,
+                   pools: bool = True) -> None:
+    """Refuse options of large jobs given to a command that makes `what` (and, with `pools`,
+    those that say where jobs run)."""
     command = request.command
     if request.neurons is not None or images is not None:
         given = (f"--target_neuron {request.neurons}" if request.neurons is not None
                  else f"--initial_image {command.initial_image} (several images)")
         raise UserError(f"{given} makes many pictures, and this command makes {what}; give "
                         "a single neuron or image.")
-    for name in request.changed(applies="jobs"):
+    for name in request.changed(applies="jobs") if pools else ():
         raise UserError(f"--{name} runs the jobs of an atlas (--target_neuron 0-15) or of a "
                         f"folder of images (--initial_image photos/), and this command "
                         f"makes {what}; drop --{name}.")

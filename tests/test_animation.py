@@ -171,10 +171,10 @@ def run_interrupted(monkeypatch, argv: list[str], after: int) -> int:
     from cnnvis.frames import FrameStore
     save = FrameStore.save
 
-    def save_until(store, number, rgb):
+    def save_until(store, number, rgb, chunk=None):
         if number > after:
             raise KeyboardInterrupt
-        save(store, number, rgb)
+        save(store, number, rgb, chunk)
 
     with monkeypatch.context() as patch:
         patch.setattr(FrameStore, "save", save_until)

@@ -11,7 +11,8 @@ import pytest
 import skimage.data
 
 import cnnvis
-from cnnvis.coherence import coherence, known_motion_clip, strength, through_codec, warp_error
+from cnnvis.coherence import (coherence, known_motion_clip, seam_ratio, strength, through_codec,
+                              warp_error)
 
 SIZE = (224, 288)
 FRAMES = 8
@@ -72,3 +73,19 @@ def test_uncovered_background_dreams_at_once_and_the_dream_moves_with_the_object
     assert strength(outputs, inputs, made, "uncovered 3 frames before") >= 0.7 * rest
     on_object = coherence(outputs, inputs, made, "object").flicker
     assert on_object <= 0.35 * coherence(dreamed("object", "none"), inputs, made, "object").flicker
+
+
+def test_a_seam_between_chunks_flickers_about_as_little_as_the_frames_inside_them():
+    """26 frames of the pan in chunks of 16 with the default 10 warm-up frames: chunk 2's
+    warm-up (frames 7 to 16) cross-fades into it, and those frames with chunk 2's
+    first kept one change from frame to frame within 1.2x as much as the other frames
+    (where chunk 2 started cold, without the cross-fade: 6.1x); the dream keeps most of its
+    strength through the cross-fade."""
+    made = known_motion_clip(skimage.data.astronaut(), "pan", frames=26, size=(224, 256))
+    inputs = through_codec(made.frames)
+    outputs = [frame.rgb for frame in cnnvis.frames_in_order(cnnvis.dream_video_chunks(
+        enumerate(inputs, 1), lite0(), seed=0, chunk_frames=16, **OPTIONS))]
+    assert len(outputs) == 26
+    assert seam_ratio(outputs, made, range(6, 17)) <= 1.2
+    crossfaded = strength(outputs[6:16], inputs[6:16])
+    assert crossfaded >= 0.8 * strength(outputs[16:], inputs[16:])

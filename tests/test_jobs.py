@@ -61,7 +61,7 @@ def test_no_more_workers_start_than_there_are_jobs(monkeypatch, tiny_model):
         def close(self):
             pass
 
-    monkeypatch.setattr(jobs, "LocalWorkers", Workers)
+    monkeypatch.setattr(pools, "LocalWorkers", Workers)
     spec = cnnvis.ModelSpec(deploy_txt=tiny_model[1], caffe_model=tiny_model[3], device="cpu")
     for count, workers, expected in ((3, 4096, 3), (3, 2, 2), (0, 8, 1)):
         listed = [cnnvis.Job(f"job {k}", k) for k in range(count)]
@@ -90,8 +90,8 @@ def test_a_model_that_cannot_load_is_its_error_before_any_worker_starts(
     def no_pool(*args):
         raise AssertionError("a pool started")
 
-    monkeypatch.setattr(jobs, "LocalWorkers", no_pool)
-    monkeypatch.setattr(jobs, "RayTasks", no_pool)
+    monkeypatch.setattr(pools, "LocalWorkers", no_pool)
+    monkeypatch.setattr(pools, "RayTasks", no_pool)
     listed = [cnnvis.Job(f"job {k}", k) for k in range(3)]
     deploy, weights = tiny_model[1], tiny_model[3]
     for spec, message in (

@@ -217,8 +217,8 @@ def test_a_frame_finished_before_a_signal_is_in_the_video(tiny_model, tmp_path, 
     """SIGTERM the moment frame 2's PNG is in the folder: the frame is in the video too."""
     save = FrameStore.save
 
-    def save_and_signal(store, number, rgb):
-        save(store, number, rgb)
+    def save_and_signal(store, number, rgb, chunk=None):
+        save(store, number, rgb, chunk)
         if number == 2:
             signal.raise_signal(signal.SIGTERM)
 
