@@ -51,13 +51,19 @@ def layer_gallery(model: VisModel, *, own_network: bool = False, seed: int = 0,
     return sheet
 
 
-def cached_layer_pictures(model: VisModel, *, own_network: bool = False, seed: int = 0,
-                          files: tuple[str, ...] = ()) -> dict[str, Path]:
-    """The layers of `model` whose gallery picture (amplified on the photo) is in the cache
-    already, and its file: a look, making nothing."""
+def layer_picture_files(model: VisModel, *, own_network: bool = False, seed: int = 0,
+                        files: tuple[str, ...] = ()) -> dict[str, Path]:
+    """Where the gallery of `model` keeps each layer's picture amplified on the photo, made
+    or not."""
     folder, layers, _ = _cache(model, own_network, seed, files)
-    pictures = {layer: _layer_file(folder, number, "photo") for number, layer in enumerate(layers)}
-    return {layer: path for layer, path in pictures.items() if path.is_file()}
+    return {layer: _layer_file(folder, number, "photo") for number, layer in enumerate(layers)}
+
+
+def cached_layer_pictures(model: VisModel, **gallery) -> dict[str, Path]:
+    """The layers of `model` whose gallery picture (amplified on the photo) is in the cache
+    already, and its file: a look, making nothing. `gallery`: `layer_picture_files`'."""
+    return {layer: path for layer, path in layer_picture_files(model, **gallery).items()
+            if path.is_file()}
 
 
 def any_cached(model_name: str) -> bool:

@@ -71,8 +71,8 @@ def build(studio: Studio) -> gr.Blocks:
                     recipe = gr.Dropdown(recipes, value=NO_RECIPE, label="recipe",
                                          elem_id="recipe")
                     layer = gr.Dropdown(layer_choices(STUDIO_MODEL), value="", elem_id="layer",
-                                        label="target_layer", info="what amplifying it looks like "
-                                        "beside its name; the layer gallery's pictures below")
+                                        label="target_layer", info="its look beside its name (and the layer "
+                                        "gallery's pictures, where it was made)")
                     layer_gallery = gr.Gallery(label="layer gallery (choose a layer)", columns=6,
                                                height=240, allow_preview=False, visible=False,
                                                elem_id="layer-gallery")

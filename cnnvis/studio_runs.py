@@ -169,13 +169,16 @@ class Studio:
 
 
 @contextlib.contextmanager
-def named_as_uploaded(path: str) -> Iterator[None]:
+def named_as_uploaded(path: str, words: dict[str, str] | None = None) -> Iterator[None]:
     """A UserError naming the uploaded file at `path` names it as the user knows it, not by
-    the studio's folder."""
+    the studio's folder; `words`: the command line's words in it, and the studio's."""
     try:
         yield
     except UserError as error:
-        raise UserError(str(error).replace(path, Path(path).name)) from None
+        text = str(error).replace(path, Path(path).name)
+        for command_line, studio in (words or {}).items():
+            text = text.replace(command_line, studio)
+        raise UserError(text) from None
 
 
 @dataclass(frozen=True)

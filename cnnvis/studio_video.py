@@ -29,6 +29,11 @@ from cnnvis.video import DEFAULT_FPS, VideoInput, video_writer
 ZOOM_OPTIONS = ("frames", "zoom", "rotate", "frame_steps")
 VIDEO_OPTIONS = ("frame_steps", "blend")
 
+# How the command line's messages about --input_video read in the studio.
+STUDIO_WORDS = {" (--input_video)": "",
+                "give it with --initial_image (with --frames N for a zoom sequence)":
+                    "upload it as the picture tab's photo, and choose the zoom into it"}
+
 
 @dataclass(frozen=True)
 class VideoUpdate:
@@ -49,17 +54,18 @@ def open_video(studio: Studio, path: str | None) -> VideoInput:
         raise UserError("no video uploaded; upload a short clip (an MP4, WebM, MOV or AVI), "
                         "or choose the zoom into the picture tab's photo.")
     studio.check_upload(path, "video")
-    with named_as_uploaded(path):
+    with named_as_uploaded(path, STUDIO_WORDS):
         video = VideoInput(path)
     with contextlib.ExitStack() as opened:
         opened.callback(video.close)
         if video.declared_size:
             studio.check_pixels(*video.declared_size[::-1], "video")
-        if video.frame_count and video.frame_count / video.fps > studio.max_seconds:
-            raise UserError(f"the video lasts {video.frame_count / video.fps:.1f} s, more than "
+        seconds = float(video.frame_count / video.fps) if video.frame_count else 0.0
+        if seconds > studio.max_seconds:
+            raise UserError(f"the video lasts {seconds:.1f} s, more than "
                             f"this studio takes ({studio.max_seconds:g} s, --max_upload_seconds)"
                             "; cut it shorter first.")
-        with named_as_uploaded(path):
+        with named_as_uploaded(path, STUDIO_WORDS):
             video.check_first_frame()
         studio.check_pixels(*video.size[::-1], "video")
         opened.pop_all()

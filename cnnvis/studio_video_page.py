@@ -16,8 +16,9 @@ from cnnvis.studio_video import VIDEO_OPTIONS, ZOOM_OPTIONS, run_video
 
 CLIP, ZOOM = "the uploaded clip, dreamed", "a zoom into the picture tab's photo"
 SHOWN = tuple(dict.fromkeys((*ZOOM_OPTIONS, *VIDEO_OPTIONS)))
-# Where the table's default (one frame, no zoom) makes no zoom to see.
-PAGE_DEFAULTS = {"frames": 12, "zoom": 1.05}
+# Where the table's default makes no zoom to see (one frame, no zoom) or has no control
+# (frame_steps None: --num_steps, which a later frame, begun from the one before, needs not).
+PAGE_DEFAULTS = {"frames": 12, "zoom": 1.05, "frame_steps": 10}
 WAITED = "stopped while it waited in the queue"
 
 
