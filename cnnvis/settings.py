@@ -303,10 +303,13 @@ class CommandOptions:
                                       metavar="USER:PASSWORD")
     no_auth: bool = _studio_option(False, bool, "let a studio that --listen opens beyond this "
                                    "machine go without --auth: anyone who reaches it can use it")
-    max_upload_mb: float = _studio_option(25.0, float, "the largest photo the studio takes, in MB",
-                                          minimum=0, above=True)
-    max_upload_megapixels: float = _studio_option(40.0, float, "the largest photo the studio "
-                                                  "takes, in millions of pixels", minimum=0, above=True)
+    max_upload_mb: float = _studio_option(25.0, float, "the largest photo or clip the studio "
+                                          "takes, in MB", minimum=0, above=True)
+    max_upload_megapixels: float = _studio_option(40.0, float, "the largest photo (or frame of a "
+                                                  "clip) the studio takes, in millions of pixels",
+                                                  minimum=0, above=True)
+    max_upload_seconds: float = _studio_option(60.0, float, "the longest video the studio "
+                                               "takes, in seconds", minimum=0, above=True)
     input_video: str | None = option(None, str, "video to dream frame by frame, each at its own "
                                      "size (or --final_size)", GROUPS[10], metavar="VIDEO", path=True, applies="video")
     start_frame: int = option(1, int, "first frame of --input_video to dream (from 1)",

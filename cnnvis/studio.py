@@ -1,7 +1,8 @@
 """`cnn-vis studio` (`python cnn_vis.py --studio`): a local web app for dreaming in a browser,
 built on Gradio (`pip install 'cnn-vis[studio]'`). This module checks where it may listen,
 keeps Gradio off the network (no analytics, no version checks, no share links), gives it a
-temporary folder of its own and serves the page of `cnnvis.studio_page` until Ctrl-C.
+temporary folder of its own and serves the page of `cnnvis.studio_page` until Ctrl-C or
+SIGTERM (exit status 130 or 143, as for any command), its folder removed first.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from cnnvis.errors import UserError
@@ -59,15 +61,15 @@ def _loopback(host: str) -> bool:
 
 
 def serve(options: dict[str, object]) -> int:
-    """Serve the studio until Ctrl-C; its temporary folder goes with it."""
+    """Serve the studio until Ctrl-C or SIGTERM (raised here as KeyboardInterrupt, and
+    `console.Terminated`); its temporary folder goes with it."""
     listen = options.get("listen", default("listen"))
     port = options.get("port", default("port"))
     auth = credentials(listen, options.get("auth"), options.get("no_auth", False))
     root = Path(tempfile.mkdtemp(prefix="cnn-vis-studio-"))
     try:
-        studio = Studio(root, options.get("max_upload_mb", default("max_upload_mb")),
-                        options.get("max_upload_megapixels", default("max_upload_megapixels")),
-                        options.get("gpu", default("gpu")))
+        studio = Studio(root, *(options.get(name, default(name)) for name in (
+            "max_upload_mb", "max_upload_megapixels", "max_upload_seconds", "gpu")))
         # Before Gradio is imported: it reads its cache folder once, at import.
         os.environ.update({**OFFLINE, "GRADIO_TEMP_DIR": str(studio.uploads)})
         try:
@@ -83,8 +85,9 @@ def serve(options: dict[str, object]) -> int:
                    enable_monitoring=False, footer_links=["api"])
         print(f"cnn-vis studio: open http://{listen}:{port} in a browser (Ctrl-C stops it)",
               file=sys.stderr, flush=True)
-        try:
-            app.block_thread()
+        try:   # until Ctrl-C or SIGTERM, which the command line turns into its exit status
+            while app.is_running:
+                time.sleep(0.1)
         finally:
             app.close()
     finally:

@@ -1,82 +1,31 @@
 """The studio's page (Gradio Blocks): the picture tab, with the main controls in view and
 every other picture option in an advanced panel made from the option table (names, ranges,
-defaults and help from `cnnvis.settings`), the live preview, Stop, and the session's history;
-and the atlas tab, a layer's neurons filled in as they are made.
+defaults and help from `cnnvis.settings`), the layer gallery's pictures, the live preview,
+Stop, and the session's history; the atlas tab, a layer's neurons filled in as they are
+made; and the video tab (`cnnvis.studio_video_page`). Runs wait in one queue per device,
+each with a ticket taken as it is asked for, so that Stop cancels it while it waits.
 """
 from __future__ import annotations
 
 import json
 
 import gradio as gr
-from gradio_client.utils import is_http_url_like
 
 import cnnvis
 from cnnvis.errors import UserError
-from cnnvis.settings import OUTPUT_DEPTHS, DreamOptions, default, option_settings
+from cnnvis.settings import OUTPUT_DEPTHS, default
+from cnnvis.studio_controls import (SETTINGS, layer_choices, layer_gallery_update,
+                                    option_component, option_value, photo_upload, picked_layer)
 from cnnvis.studio_runs import (ADVANCED_OPTIONS, MAIN_OPTIONS, PREVIEW_EVERY, Studio,
                                 recipe_values, run_atlas, run_picture)
+from cnnvis.studio_video_page import video_tab
 from cnnvis.workflows import list_recipes
 
-SETTINGS = {f.name: (f, setting) for f, setting in option_settings(DreamOptions)}
 PANEL_OPTIONS = (*MAIN_OPTIONS, *ADVANCED_OPTIONS)
 NO_RECIPE = "(none)"
 ATLAS_RECIPE = "neuron"
-OWN_LAYER = ("the model's own (or the recipe's)", "")
-NOT_AN_UPLOAD = "the studio takes photos uploaded to it, not addresses; upload the file itself."
 STUDIO_MODEL = "efficientnet_lite0"   # offline: its weights come with a Python package
-
-
-def photo_upload(**shown) -> gr.Image:
-    """Gradio's image input, handing over the path of a file uploaded to this studio unread
-    (the studio checks it as the command line checks files) and taking nothing else: as it
-    comes, it would also fetch an address, or decode the image before the studio's limits
-    apply. (Its methods are replaced, not overridden: Gradio writes a .pyi file beside the
-    module of a subclass of its components.)"""
-    photo = gr.Image(type="filepath", sources=["upload"], image_mode=None, **shown)
-    move_to_cache = photo.async_move_resource_to_block_cache
-
-    async def uploads_only(url_or_file_path):
-        if is_http_url_like(str(url_or_file_path)):
-            raise gr.Error(NOT_AN_UPLOAD, print_exception=False)
-        return await move_to_cache(url_or_file_path)
-
-    def path_only(payload) -> str | None:
-        if payload is not None and payload.path is None:
-            raise gr.Error(NOT_AN_UPLOAD, print_exception=False)
-        return None if payload is None else payload.path
-
-    photo.async_move_resource_to_block_cache = uploads_only
-    photo.preprocess = path_only
-    return photo
-
-
-def option_component(name: str, tab: str = "option"):
-    """The control of picture option `name`, as the option table describes it."""
-    f, setting = SETTINGS[name]
-    shown = {"label": name, "info": setting.help, "elem_id": f"{tab}-{name}"}
-    if setting.kind is bool:
-        return gr.Checkbox(value=f.default, **shown)
-    if setting.choices:
-        return gr.Dropdown(list(setting.choices), value=f.default, **shown)
-    if setting.kind in (int, float):
-        return gr.Number(value=f.default, minimum=setting.minimum, maximum=setting.maximum,
-                         precision=0 if setting.kind is int else None, **shown)
-    return gr.Textbox(value=f.default or "", **shown)
-
-
-def option_value(name: str, shown):
-    """The value of picture option `name` from its control (the table's default when empty);
-    `DreamOptions` checks it as the command line does."""
-    f, setting = SETTINGS[name]
-    if shown is None or shown == "":
-        return f.default
-    if setting.kind is int and isinstance(shown, float) and shown.is_integer():
-        return int(shown)
-    return shown
-
-
-def layer_choices(model: str) -> list[tuple[str, str]]:
-    return [OWN_LAYER, *((name, name) for name, _ in cnnvis.list_layers(model))]
+WAITED = "stopped while it waited in the queue"
 
 
 def build(studio: Studio) -> gr.Blocks:
@@ -89,6 +38,28 @@ def build(studio: Studio) -> gr.Blocks:
                    delete_cache=(3600, 24 * 3600)) as app:
         gr.Markdown("# cnn-vis studio\nDrop a photo (or leave it empty to start from noise), "
                     "pick a recipe, dream, and stop when it looks right.")
+        # A session outlives a refresh of the page: the browser keeps its key.
+        key = gr.BrowserState("", storage_key="cnn-vis-studio-session")
+        ticket = gr.State(None)   # of this page's latest run (none through the API)
+
+        def session_of(key_value, request: gr.Request):
+            return studio.session(key_value if studio.issued(key_value) else request.session_hash)
+
+        def queued(button: gr.Button, run, inputs: list, outputs: list, api_name: str):
+            """`button` asks for `run` in the device's queue, with a ticket taken first."""
+            def take_ticket(key_value, request: gr.Request) -> int:
+                return session_of(key_value, request).take_ticket()
+
+            button.click(take_ticket, key, ticket, queue=False, api_name=False).then(
+                run, [*inputs, key, ticket], outputs, api_name=api_name, concurrency_limit=1,
+                concurrency_id="device")
+
+        def stop_run(key_value, request: gr.Request) -> None:
+            session_of(key_value, request).stop_runs()
+
+        def stops(button: gr.Button, api_name: str | bool = False) -> None:
+            button.click(stop_run, key, None, queue=False, api_name=api_name)
+
         with gr.Tab("Picture"):
             with gr.Row():
                 with gr.Column():
@@ -100,7 +71,11 @@ def build(studio: Studio) -> gr.Blocks:
                     recipe = gr.Dropdown(recipes, value=NO_RECIPE, label="recipe",
                                          elem_id="recipe")
                     layer = gr.Dropdown(layer_choices(STUDIO_MODEL), value="", elem_id="layer",
-                                        label="target_layer")
+                                        label="target_layer", info="its look beside its name (and the layer "
+                                        "gallery's pictures, where it was made)")
+                    layer_gallery = gr.Gallery(label="layer gallery (choose a layer)", columns=6,
+                                               height=240, allow_preview=False, visible=False,
+                                               elem_id="layer-gallery")
                     seed = gr.Number(value=0, precision=0, minimum=0, label="seed",
                                      info="empty: a fresh one", elem_id="seed")
                     depth = gr.Radio(list(OUTPUT_DEPTHS), value=default("output_depth"),
@@ -139,33 +114,42 @@ def build(studio: Studio) -> gr.Blocks:
                               allow_preview=False)
         panel = [*main, *advanced]
 
+        def picture_values(shown) -> dict[str, object]:
+            return {name: option_value(name, value) for name, value in zip(PANEL_OPTIONS, shown)}
+
+        video_tab(studio, queued, stops, session_of, [photo, model, layer, seed, depth], panel,
+                  picture_values)
+
         def show_recipe(recipe_name: str, model_name: str):
             values = recipe_values(None if recipe_name == NO_RECIPE else recipe_name, model_name)
             values["output_iter"] = PREVIEW_EVERY
             return [values["target_layer"] or "", *(values[name] for name in PANEL_OPTIONS)]
 
         recipe.input(show_recipe, [recipe, model], [layer, *panel], api_name=False)
-        model.input(lambda name: (gr.Dropdown(choices=layer_choices(name), value=""),) * 2,
-                    model, [layer, atlas_layer], api_name=False)
-        # A session outlives a refresh of the page: the browser keeps its key.
-        key = gr.BrowserState("", storage_key="cnn-vis-studio-session")
 
-        def session_of(key_value, request: gr.Request):
-            return studio.session(key_value if studio.issued(key_value) else request.session_hash)
+        def show_model(name: str):
+            return (gr.Dropdown(choices=layer_choices(name), value=""),) * 2 + (
+                layer_gallery_update(studio, name),)
 
-        def restore(key_value, request: gr.Request):
+        model.input(show_model, model, [layer, atlas_layer, layer_gallery], api_name=False)
+        layer_gallery.select(picked_layer, model, layer, api_name=False)
+
+        def restore(key_value, model_name, request: gr.Request):
             if not studio.issued(key_value):
                 key_value = studio.issue_key()
             session = studio.session(key_value)
-            return key_value, _gallery(session)
+            return key_value, _gallery(session), layer_gallery_update(studio, model_name)
 
-        app.load(restore, key, [key, history], api_name=False)
+        app.load(restore, [key, model], [key, history, layer_gallery], api_name=False)
 
         def dream(photo_path, model_name, layer_name, seed_value, output_depth,
                   request: gr.Request, *shown):
-            *shown, key_value = shown
+            *shown, key_value, ticket_value = shown
             session = session_of(key_value, request)
-            values = {name: option_value(name, value) for name, value in zip(PANEL_OPTIONS, shown)}
+            if not session.begin(ticket_value):
+                yield gr.skip(), WAITED, *(gr.skip(),) * 4
+                return
+            values = picture_values(shown)
             values["target_layer"] = layer_name or None
             try:
                 for update in run_picture(studio, session, photo_path, model_name,
@@ -178,32 +162,29 @@ def build(studio: Studio) -> gr.Blocks:
             except UserError as error:
                 raise gr.Error(str(error), print_exception=False) from None
 
-        start.click(dream, [photo, model, layer, seed, depth, *panel, key],
-                    [preview, progress, history, download, command, recorded],
-                    api_name="dream", concurrency_limit=1, concurrency_id="device")
-
-        def stop_run(key_value, request: gr.Request) -> None:
-            session_of(key_value, request).stop.set()
-
-        stop.click(stop_run, key, None, queue=False, api_name="stop")
-        atlas_stop.click(stop_run, key, None, queue=False, api_name=False)
+        queued(start, dream, [photo, model, layer, seed, depth, *panel],
+               [preview, progress, history, download, command, recorded], "dream")
+        stops(stop, "stop")
+        stops(atlas_stop)
 
         def make_atlas(model_name, layer_name, neuron_text, steps, seed_value, key_value,
-                       request: gr.Request):
+                       ticket_value, request: gr.Request):
+            session = session_of(key_value, request)
+            if not session.begin(ticket_value):
+                yield gr.skip(), WAITED
+                return
             values = {**recipe_values(ATLAS_RECIPE, model_name),
                       "num_steps": option_value("num_steps", steps)}
             if layer_name:
                 values["target_layer"] = layer_name
             try:
-                yield from run_atlas(studio, session_of(key_value, request), model_name,
-                                     neuron_text, None if seed_value is None else int(seed_value),
-                                     values)
+                yield from run_atlas(studio, session, model_name, neuron_text,
+                                     None if seed_value is None else int(seed_value), values)
             except UserError as error:
                 raise gr.Error(str(error), print_exception=False) from None
 
-        atlas_start.click(make_atlas, [model, atlas_layer, neurons, atlas_steps, atlas_seed, key],
-                          [grid, atlas_progress], api_name="atlas", concurrency_limit=1,
-                          concurrency_id="device")
+        queued(atlas_start, make_atlas, [model, atlas_layer, neurons, atlas_steps, atlas_seed],
+               [grid, atlas_progress], "atlas")
 
         def select(key_value, event: gr.SelectData, request: gr.Request):
             """The chosen picture's file, command line and settings, and its settings in the

@@ -10,14 +10,16 @@ sessions' own pictures, in `sessions/`, are never served themselves.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import queue
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,20 +55,48 @@ class Result:
 
 @dataclass
 class Session:
+    """A browser session's folder and history, its running run's stop, and the tickets of
+    its runs still waiting in the queue (those Stop cancelled among them)."""
+
     folder: Path
     results: list[Result] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
+    waiting: set[int] = field(default_factory=set)
+    cancelled: set[int] = field(default_factory=set)
+    _tickets: Iterator[int] = field(default_factory=itertools.count)
+
+    def take_ticket(self) -> int:
+        """A run's ticket, taken when it is asked for, before it waits in the queue."""
+        ticket = next(self._tickets)
+        self.waiting.add(ticket)
+        return ticket
+
+    def stop_runs(self) -> None:
+        """Stop: the running run at its next step, and the waiting ones before they start."""
+        self.stop.set()
+        self.cancelled |= self.waiting
+
+    def begin(self, ticket: int | None) -> bool:
+        """Whether the run of `ticket` (None: one asked for through the API, without one)
+        is to start now that it leaves the queue: not when Stop cancelled it."""
+        self.waiting.discard(ticket)
+        if ticket in self.cancelled:
+            self.cancelled.discard(ticket)
+            return False
+        self.stop.clear()
+        return True
 
 
 class Studio:
     """The sessions, the loaded models and the run counter of one studio process."""
 
     def __init__(self, root: Path, max_upload_mb: float, max_upload_megapixels: float,
-                 gpu: int):
+                 max_upload_seconds: float, gpu: int):
         self.root = root
         self.uploads = root / "uploads"   # Gradio's cache: uploads, and what it serves
         self.max_bytes = int(max_upload_mb * MiB)
         self.max_pixels = int(max_upload_megapixels * 1e6)
+        self.max_seconds = max_upload_seconds
         self.device = "cpu" if gpu < 0 else None   # None: the GPU when there is one
         self._sessions: dict[str, Session] = {}
         self._keys: set[str] = set()
@@ -105,32 +135,90 @@ class Studio:
         command line checks --initial_image, and against the studio's upload limits."""
         if path is None:
             return None
-        if not Path(path).resolve().is_relative_to(self.uploads.resolve()):
-            raise UserError("the photo is not a file uploaded to this studio; upload it again.")
+        self.check_upload(path, "photo")
         with open_input(path, "image", "the photo") as file:
-            size = Path(path).stat().st_size
-            if size > self.max_bytes:
-                raise UserError(f"the photo is {size / MiB:.1f} MB, more than this studio takes "
-                                f"({self.max_bytes / MiB:.1f} MB, --max_upload_mb); upload a "
-                                "smaller file.")
             try:
                 with Image.open(file) as image:
                     width, height = image.size
             except Exception:  # noqa: BLE001 - load_rgb below says what is wrong with the file
                 width = height = 0
-        if width * height > self.max_pixels:
-            raise UserError(f"the photo has {width}x{height} pixels, more than this studio takes "
-                            f"({self.max_pixels / 1e6:g} million, --max_upload_megapixels); "
-                            "downscale it first.")
-        try:
+        self.check_pixels(width, height, "photo")
+        with named_as_uploaded(path):
             return load_rgb(path, "the photo")
-        except UserError as error:   # named as the user knows it, not by the studio's folder
-            raise UserError(str(error).replace(path, Path(path).name)) from None
+
+    def check_upload(self, path: str, what: str) -> None:
+        """Refuse a file that was not uploaded to this studio, or one over --max_upload_mb."""
+        if not Path(path).resolve().is_relative_to(self.uploads.resolve()):
+            raise UserError(f"the {what} is not a file uploaded to this studio; upload it again.")
+        size = Path(path).stat().st_size
+        if size > self.max_bytes:
+            raise UserError(f"the {what} is {size / MiB:.1f} MB, more than this studio takes "
+                            f"({self.max_bytes / MiB:.1f} MB, --max_upload_mb); upload a "
+                            "smaller file.")
+
+    def check_pixels(self, width: int, height: int, what: str) -> None:
+        if width * height > self.max_pixels:
+            raise UserError(f"the {what} has {width}x{height} pixels, more than this studio "
+                            f"takes ({self.max_pixels / 1e6:g} million, "
+                            "--max_upload_megapixels); downscale it first.")
 
     def next_run(self) -> int:
         with self._lock:
             self._runs += 1
             return self._runs
+
+
+@contextlib.contextmanager
+def named_as_uploaded(path: str, words: dict[str, str] | None = None) -> Iterator[None]:
+    """A UserError naming the uploaded file at `path` names it as the user knows it, not by
+    the studio's folder; `words`: the command line's words in it, and the studio's."""
+    try:
+        yield
+    except UserError as error:
+        text = str(error).replace(path, Path(path).name)
+        for command_line, studio in (words or {}).items():
+            text = text.replace(command_line, studio)
+        raise UserError(text) from None
+
+
+@dataclass(frozen=True)
+class Done:
+    """What the work of `in_worker` returned."""
+
+    value: object
+
+
+def in_worker(work: Callable[[Callable[[object], None]], object], name: str,
+              stop: threading.Event) -> Iterator[object]:
+    """`work(put)` in a thread of its own, while the page's thread shows its progress: yields
+    what it puts, None when half a second passes without anything, and last `Done` with
+    what it returns; what it raises is raised here. Closed early (a page closed mid-run),
+    it sets `stop` and waits for the work to end: the device takes one run at a time."""
+    updates: queue.Queue = queue.Queue()
+
+    def run() -> None:
+        try:
+            updates.put(Done(work(updates.put)))
+        except BaseException as error:  # noqa: BLE001 - handed to the page's thread, raised there
+            updates.put(error)
+
+    worker = threading.Thread(target=run, daemon=True, name=name)
+    worker.start()
+    try:
+        while True:
+            try:
+                item = updates.get(timeout=0.5)
+            except queue.Empty:
+                yield None
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if isinstance(item, Done):
+                return
+    finally:
+        stop.set()
+        worker.join()
 
 
 def recipe_values(recipe: str | None, model: str) -> dict[str, object]:
@@ -171,54 +259,42 @@ def run_picture(studio: Studio, session: Session, photo_path: str | None, model_
     model = studio.model(model_name)
     number = studio.next_run()
     print(f"cnn-vis studio: run {number} for session {session.folder.name} started", flush=True)
-    session.stop.clear()
-    updates: queue.Queue = queue.Queue()
-    done = {"steps": 0}
+    steps = Steps(session)
     started = time.monotonic()
 
-    def progress(size_index: int, step: int) -> None:
-        done["steps"] += 1
-        if session.stop.is_set():
-            raise Interrupted()
+    def work(put) -> cnnvis.Picture:
+        return cnnvis.render(photo, model, seed=seed, callback=lambda report: put(
+            report.picture.rgb()), progress=steps, **dataclasses.asdict(options))
 
-    def preview(report) -> None:
-        updates.put(report.picture.rgb())
-
-    def work() -> None:
-        try:
-            updates.put(cnnvis.render(photo, model, seed=seed, callback=preview,
-                                      progress=progress, **dataclasses.asdict(options)))
-        except Interrupted as stop:
-            updates.put(stop)
-        except Exception as error:  # noqa: BLE001 - handed to the page's thread, raised there
-            updates.put(error)
-
-    worker = threading.Thread(target=work, daemon=True, name=f"studio-run-{number}")
-    worker.start()
     total = options.num_steps * options.num_sizes
+    picture, stopped = None, False
     try:
-        while True:
-            try:
-                item = updates.get(timeout=0.5)
-            except queue.Empty:
-                yield Update(None, _progress_text(done["steps"], total, started))
-                continue
-            if isinstance(item, np.ndarray):
-                yield Update(item, _progress_text(done["steps"], total, started))
-                continue
-            if isinstance(item, Exception):
-                raise item
-            stopped = isinstance(item, Interrupted)
-            picture = item.picture if stopped else item
-            if picture is None:
-                raise UserError("the run was stopped before its first step; run it again.")
-            note = f"stopped at step {done['steps']} of {total}" if stopped else f"{total} steps"
-            result = _save(session, number, picture, model, photo_path, depth, options, note)
-            yield Update(picture.rgb(), f"{note}, in {time.monotonic() - started:.0f} s", result)
-            return
-    finally:   # a page closed mid-run stops its run too: the device takes one at a time
-        session.stop.set()
-        worker.join()
+        with contextlib.closing(in_worker(work, f"studio-run-{number}", session.stop)) as items:
+            for item in items:
+                if isinstance(item, Done):
+                    picture = item.value
+                else:
+                    yield Update(item, _progress_text(steps.count, total, started))
+    except Interrupted as stop:
+        picture, stopped = stop.picture, True
+    if picture is None:
+        raise UserError("the run was stopped before its first step; run it again.")
+    note = f"stopped at step {steps.count} of {total}" if stopped else f"{total} steps"
+    result = _save(session, number, picture, model, photo_path, depth, options, note)
+    yield Update(picture.rgb(), f"{note}, in {time.monotonic() - started:.0f} s", result)
+
+
+class Steps:
+    """The `progress` callback of a run: counts its steps, and ends it (`Interrupted`) at
+    the first step after the session's Stop."""
+
+    def __init__(self, session: Session):
+        self.session, self.count = session, 0
+
+    def __call__(self, size_index: int, step: int) -> None:
+        self.count += 1
+        if self.session.stop.is_set():
+            raise Interrupted()
 
 
 def _progress_text(steps: int, total: int, started: float) -> str:
@@ -254,7 +330,6 @@ def run_atlas(studio: Studio, session: Session, model_name: str, neurons: str,
     number = studio.next_run()
     print(f"cnn-vis studio: run {number} (an atlas) for session {session.folder.name} started",
           flush=True)
-    session.stop.clear()
     folder = session.folder / f"atlas-{number}"
     folder.mkdir()
     started, grid = time.monotonic(), []

@@ -1,13 +1,16 @@
 """cnn-vis studio (cnnvis/studio.py, studio_page.py, studio_runs.py): a studio started here
 on the offline model, driven by a real headless Chromium (Playwright, Debian's chromium) and
 by Gradio's own client: a picture made, previewed, stopped and downloaded; eight clients at
-once; bad uploads and requests that name paths."""
+once; the queue's positions, and Stop of a run that waits; a clip dreamed and a zoom, their
+frames shown as they come and their video downloaded; the layer gallery's pictures; bad
+uploads and requests that name paths; SIGTERM."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -25,11 +28,12 @@ import cnnvis
 from cnnvis.errors import UserError
 from cnnvis.studio import check_studio_options, credentials
 from cnnvis.studio_runs import recipe_values
+from tests.media import moving_square_frames, read_video, write_video
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 MODEL = "efficientnet_lite0"
-MAX_MB, MAX_MEGAPIXELS = 1.0, 0.3   # the test studio's upload limits
+MAX_MB, MAX_MEGAPIXELS, MAX_SECONDS = 1.0, 0.3, 2.0   # the test studio's upload limits
 
 
 def test_the_studio_listens_beyond_this_machine_only_with_a_password_or_when_told():
@@ -75,8 +79,9 @@ def _free_port() -> int:
 
 
 class RunningStudio:
-    def __init__(self, process: subprocess.Popen, url: str, tmp: Path, log: list[str]):
-        self.process, self.url, self.tmp, self.log = process, url, tmp, log
+    def __init__(self, process: subprocess.Popen, url: str, tmp: Path, home: Path,
+                 log: list[str]):
+        self.process, self.url, self.tmp, self.home, self.log = process, url, tmp, home, log
 
     def root(self) -> Path:
         (root,) = self.tmp.glob("cnn-vis-studio-*")
@@ -91,13 +96,13 @@ class RunningStudio:
 def studio(tmp_path_factory) -> RunningStudio:
     """`cnn-vis studio` on a free port, its temporary folder and working folder in a folder
     of the test's own (so that what it writes can be seen)."""
-    tmp = tmp_path_factory.mktemp("studio")
+    tmp, home = tmp_path_factory.mktemp("studio"), tmp_path_factory.mktemp("home")
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp),
-           "CNN_VIS_HOME": str(tmp_path_factory.mktemp("home"))}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp), "CNN_VIS_HOME": str(home)}
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "cnn_vis.py"), "studio", "--port", str(port), "--gpu", "-1",
-         "--max_upload_mb", str(MAX_MB), "--max_upload_megapixels", str(MAX_MEGAPIXELS)],
+         "--max_upload_mb", str(MAX_MB), "--max_upload_megapixels", str(MAX_MEGAPIXELS),
+         "--max_upload_seconds", str(MAX_SECONDS)],
         cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log: list[str] = []
     ready = threading.Event()
@@ -112,7 +117,7 @@ def studio(tmp_path_factory) -> RunningStudio:
     if not ready.wait(120):
         process.kill()
         pytest.fail("the studio did not start:\n" + "".join(log))
-    yield RunningStudio(process, f"http://127.0.0.1:{port}/", tmp, log)
+    yield RunningStudio(process, f"http://127.0.0.1:{port}/", tmp, home, log)
     process.terminate()
     process.wait(30)
 
@@ -353,3 +358,196 @@ def test_an_atlas_fills_in_the_neurons_pictures_as_cnnvis_atlas_makes_them(studi
         caption: rgb.tolist() for caption, rgb in expected.items()}
     with pytest.raises(Exception, match="--target_neuron 99 .*stage2/block1"):
         client.predict(MODEL, "stage2/block1", "0,99", 1, 7, "", api_name="/atlas")
+
+
+# ------------------------------------------------------------------------------ the queue
+
+@needs_gradio
+@needs_chromium
+def test_in_a_browser_the_queue_position_shows_and_stop_cancels_a_run_that_waits(
+        studio, page, tmp_path):
+    from gradio_client import Client
+    from playwright.sync_api import expect
+    busy, second = (Client(studio.url, verbose=False, analytics_enabled=False,
+                           download_files=tmp_path / name) for name in ("busy", "second"))
+    runs = len(studio.started_runs())
+    running = busy.submit(None, MODEL, "", 0, 8, *_panel(num_steps=2000), "", api_name="/dream")
+    while running.status().code.name != "PROCESSING":
+        time.sleep(0.05)
+    waiting = second.submit(None, MODEL, "", 1, 8, *_panel(num_steps=1), "", api_name="/dream")
+    while waiting.status().code.name in ("STARTING", "JOINING_QUEUE"):
+        time.sleep(0.05)
+    assert (waiting.status().rank, waiting.status().queue_size) == (0, 1)   # first in line
+
+    page.goto(studio.url)
+    page.wait_for_function("() => localStorage.getItem('cnn-vis-studio-session')")
+    page.locator("#option-num_steps input").fill("1")
+    page.locator("#dream").click()
+    expect(page.locator("#preview")).to_contain_text("queue: 2/2")   # Gradio's tracker
+    page.locator("#stop").click()   # while it waits: it never runs
+    busy.predict("", api_name="/stop")
+    assert "stopped at step" in running.result(timeout=60)[2][0]["caption"]
+    assert "1 steps" in waiting.result(timeout=60)[2][0]["caption"]
+    expect(page.locator("#progress")).to_contain_text("stopped while it waited in the queue")
+    expect(page.locator("#history img")).to_have_count(0)
+    assert len(studio.started_runs()) == runs + 2   # the two clients' runs, not the page's
+
+
+# ------------------------------------------------------------------------------ videos
+
+def _clip(path: Path, frames: int = 3) -> Path:
+    """A clip of `frames` frames of 224x224 (the network's input: no smaller size dreams) at
+    10 frames a second, with a tone."""
+    return write_video(path, moving_square_frames(frames, (224, 224), speed=min(8, 180 // frames),
+                                                  side=40))
+
+
+def _video_args(source: str, clip, *, frames: int = 3, frame_steps: int = 1,
+                **panel) -> list:
+    """The video endpoint's inputs: the source and clip, the picture tab's photo (none),
+    model, layer, seed and depth, the animation options, the panel and the key."""
+    from cnnvis.studio_video_page import SHOWN
+    animation = {"frames": frames, "zoom": 1.05, "rotate": 0, "frame_steps": frame_steps,
+                 "blend": 0.5, "coherence": 0.9}
+    return [source, clip, None, MODEL, "", 0, 8, *(animation[name] for name in SHOWN),
+            *_panel(**panel), ""]
+
+
+def _api_frames(model, video: Path | None, **options) -> list[np.ndarray]:
+    """The frames that the public API makes of a clip (or, for None, of a zoom from noise)."""
+    options = {**recipe_values(None, MODEL), "output_iter": 5, **options}
+    if video is None:
+        return [frame.rgb for frame in cnnvis.animate(None, model, seed=0, **options)]
+    from cnnvis.video import VideoInput
+    with VideoInput(video) as clip:
+        return [frame.rgb for frame in cnnvis.dream_video(clip.frames(1, None), model, seed=0,
+                                                          **options)]
+
+
+def _encoded(frames: list[np.ndarray], path: Path, sound: Path) -> list[np.ndarray]:
+    """`frames` as the studio and the command line encode them, decoded again."""
+    from cnnvis.video import VideoInput, video_writer
+    with VideoInput(sound) as clip, video_writer(path, clip.fps, clip) as writer:
+        for rgb in frames:
+            writer.write(rgb)
+    return read_video(path)[0]
+
+
+@needs_gradio
+@needs_chromium
+def test_in_a_browser_a_clip_is_dreamed_its_frames_shown_as_they_come_and_downloaded(
+        studio, model, page, tmp_path):
+    from playwright.sync_api import expect
+    clip = _clip(tmp_path / "clip.mp4")
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(clip.read_bytes()[:600])
+    page.goto(studio.url)
+    page.wait_for_function("() => localStorage.getItem('cnn-vis-studio-session')")
+    page.locator("#option-num_steps input").fill("6")   # the picture tab's, for frame 1
+    page.locator("#option-num_steps input").press("Tab")
+    page.get_by_role("tab", name="Video").click()
+    page.locator("#video-frame_steps input").fill("4")
+    page.locator("#video-frame_steps input").press("Tab")
+    page.locator("#clip input[type=file]").set_input_files(clip)
+    expect(page.locator("#clip")).to_contain_text("clip.mp4")   # uploaded
+    page.locator("#make-video").click()
+    counts, deadline = [], time.monotonic() + 120
+    while (not counts or counts[-1] < 3) and time.monotonic() < deadline:
+        count = page.locator("#video-frames img").count()
+        if not counts or count != counts[-1]:
+            counts.append(count)
+        time.sleep(0.05)
+    assert counts[-1] == 3 and (1 in counts or 2 in counts)   # frames came one by one
+    expect(page.locator("#video-progress")).to_contain_text(re.compile(r"3 frames, in \d+ s"))
+    expect(page.locator("#video-command")).to_contain_text("--input_video clip.mp4")
+    with page.expect_download() as download:
+        page.locator("#video-download").click()
+    video = tmp_path / "downloaded.mp4"
+    download.value.save_as(video)
+
+    expected = _api_frames(model, clip, num_steps=6, frame_steps=4)
+    frames, rate, sound = read_video(video)
+    assert len(frames) == 3 and rate == 10 and sound == pytest.approx(0.3, abs=0.05)
+    assert np.array_equal(frames[0], _encoded(expected, tmp_path / "api.mp4", clip)[0])
+    (folder,) = studio.root().glob("sessions/*/video-*_frames")
+    assert [np.array_equal(_pixels(png), rgb)
+            for png, rgb in zip(sorted(folder.glob("*.png")), expected)] == [True] * 3
+
+    page.reload()   # a corrupt clip: a message on the page
+    page.get_by_role("tab", name="Video").click()
+    page.locator("#clip input[type=file]").set_input_files(broken)
+    expect(page.locator("#clip")).to_contain_text("broken.mp4")   # uploaded
+    page.locator("#make-video").click()
+    page.get_by_text(re.compile("cannot read video 'broken.mp4': not a video FFmpeg can "
+                                "decode")).first.wait_for()
+    assert studio.process.poll() is None
+
+
+@needs_gradio
+def test_a_zoom_into_noise_and_bad_clips_through_the_client(studio, model, tmp_path):
+    from gradio_client import Client, handle_file
+    from cnnvis.studio_video_page import CLIP, ZOOM
+    client = Client(studio.url, verbose=False, analytics_enabled=False,
+                    download_files=tmp_path / "client")
+    frames, progress, video, download, command = client.predict(
+        *_video_args(ZOOM, None, frames=3, num_steps=2), api_name="/video")
+    assert progress.startswith("3 frames, in ") and "--frames 3 --zoom 1.05" in command
+    assert [item["caption"] for item in frames] == ["frame 1", "frame 2", "frame 3"]
+    expected = _api_frames(model, None, num_steps=2, frames=3, zoom=1.05, frame_steps=1)
+    assert [_pixels(item["image"]).tolist() for item in frames] == [
+        rgb.tolist() for rgb in expected]
+    assert len(read_video(Path(download))[0]) == 3
+
+    # Stopped after a few frames: the frames made so far, and the video of them.
+    job = client.submit(*_video_args(ZOOM, None, frames=200, num_steps=2), api_name="/video")
+    while not job.outputs() or len(job.outputs()[-1][0]) < 2:
+        time.sleep(0.05)
+    client.predict("", api_name="/stop")
+    frames, progress, video, download, command = job.result(timeout=60)
+    made = len(frames)
+    assert made >= 2 and progress.startswith(f"stopped after {made} of 200 frames, in ")
+    assert len(read_video(Path(download))[0]) == made
+
+    still = _photo(tmp_path / "still.png", 224)
+    long = _clip(tmp_path / "long.mp4", frames=30)   # 3 s at 10 frames a second
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video at all\n" * 20)
+    for clip, message in ((still, "'still.png' is a still image, not a video"),
+                          (long, r"lasts 3.0 s, more than this studio takes \(2 s, "
+                                 "--max_upload_seconds"),
+                          (text, "cannot read video 'notes.mp4': not a video FFmpeg"),
+                          (None, "no video uploaded")):
+        with pytest.raises(Exception, match=message):
+            client.predict(*_video_args(CLIP, clip and handle_file(clip), num_steps=1),
+                           api_name="/video")
+    assert studio.process.poll() is None
+
+
+# ------------------------------------------------------------------------------ the layer gallery
+
+@needs_gradio
+@needs_chromium
+def test_in_a_browser_the_layer_gallerys_pictures_choose_the_layer(studio, model, page,
+                                                                    monkeypatch):
+    from playwright.sync_api import expect
+    from cnnvis.gallery import layer_picture_files
+    monkeypatch.setenv("CNN_VIS_HOME", str(studio.home))
+    files = layer_picture_files(model)   # two of the gallery's pictures, as if it were made
+    for layer, colour in (("stage2/block1", (200, 40, 40)), ("stage4/block1", (40, 40, 200))):
+        files[layer].parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (224, 224), colour).save(files[layer])
+    page.goto(studio.url)
+    gallery = page.locator("#layer-gallery")
+    expect(gallery.locator("img")).to_have_count(2)
+    expect(gallery).to_contain_text("stage4/block1")
+    gallery.locator("img").nth(1).click()
+    expect(page.locator("#layer input")).to_have_value(re.compile("^stage4/block1: swirls"))
+
+
+# ------------------------------------------------------------------------------ the end
+
+def test_sigterm_ends_the_studio_with_status_143_and_its_folder_removed(studio):
+    root = studio.root()
+    studio.process.send_signal(signal.SIGTERM)
+    assert studio.process.wait(30) == 128 + signal.SIGTERM
+    assert not root.exists()
