@@ -114,10 +114,8 @@ class Request:
         values = {"input_size": parse_size(command.input_size, (224, 224), "--input_size")
                   if command.input_size else None,
                   "channel_order": command.channel_order,
-                  "mean": tuple(parse_list(command.input_mean, "--input_mean", float))
-                  if command.input_mean else None,
-                  "std": tuple(parse_list(command.input_std, "--input_std", float))
-                  if command.input_std else None}
+                  "mean": _per_channel(command.input_mean, "--input_mean"),
+                  "std": _per_channel(command.input_std, "--input_std")}
         return tuple((name, value) for name, value in values.items() if value is not None)
 
     def changed(self, **facts) -> list[str]:
@@ -127,6 +125,17 @@ class Request:
         return [f.name for f, setting in all_options()
                 if all(getattr(setting, fact) == value for fact, value in facts.items())
                 and values[f.name] != f.default]
+
+
+def _per_channel(text: str | None, flag: str) -> tuple[float, ...] | None:
+    """--input_mean's or --input_std's three numbers (None where it is not given)."""
+    if not text:
+        return None
+    values = tuple(parse_list(text, flag, float))
+    if len(values) != 3:
+        raise UserError(f"{flag} {text}: give three numbers joined with ',', one per channel "
+                        "(in 0..1 units, in the network's channel order), e.g. 0.5,0.5,0.5.")
+    return values
 
 
 @dataclass(frozen=True)

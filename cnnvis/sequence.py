@@ -8,7 +8,9 @@ import contextlib
 import dataclasses
 import re
 import sys
+from collections.abc import Callable
 from fractions import Fraction
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -75,9 +77,11 @@ def _in_chunks(request: Request) -> bool:
                                           or (command.workers or 1) > 1 or command.ray is not None)
 
 
-def write_sequence(request: Request) -> Outcome:
+def write_sequence(request: Request, progress: Callable[[int, int], None] | None = None,
+                   frame_done: Callable[[int, Path], None] | None = None) -> Outcome:
     """Make the zoom sequence (--frames) or dreamed video (--input_video) of `request` into
-    its --output_file (.mp4, .webm or .gif), and each frame into `{stem}_frames/`."""
+    its --output_file (.mp4, .webm or .gif), and each frame into `{stem}_frames/`; with the
+    callbacks of `cnnvis.make`."""
     command, options, animation = request.command, request.dream, request.animation
     actions = parse_actions(command.iter_behavior)
     output = request.output
@@ -138,7 +142,7 @@ def write_sequence(request: Request) -> Outcome:
                                       workers=command.workers, ray=command.ray,
                                       ray_timeout=command.ray_timeout, stored=stored)
         else:
-            keywords = dict(callback=observer.report, progress=None, stored=stored)
+            keywords = dict(callback=observer.report, progress=progress, stored=stored)
             if video:
                 frames = video_dream_frames(plan, model, video.frames(command.start_frame,
                                                                       command.end_frame), **keywords)
@@ -169,6 +173,8 @@ def write_sequence(request: Request) -> Outcome:
                     while next_shown in shown:   # the video takes its frames in order
                         rgb = shown.pop(next_shown)
                         writer.write(store.stored(next_shown) if rgb is None else rgb)
+                        if frame_done is not None:
+                            frame_done(next_shown, store.path(next_shown))
                         next_shown += 1
                 if not frame.raw:
                     observer.frame_done(frame.number)

@@ -1,13 +1,12 @@
-"""The studio's moving pictures (`cnnvis.studio`): an uploaded clip dreamed frame by frame
-(`cnnvis.dream_video`), or a zoom into the picture tab's photo (`cnnvis.animate`), each
-frame saved in the session's folder and put in the video as it is finished, as
-`python cnn_vis.py --input_video` (or `--frames`) writes them: the frames folder, and the
-video with the clip's sound. Stop keeps the frames finished so far, and the video of them.
+"""The studio's moving pictures (`cnnvis.studio`): an uploaded clip dreamed frame by frame,
+or a zoom into the picture tab's photo, made by `cnnvis.make` into the session's folder as
+`python cnn_vis.py --input_video` (or `--frames`) makes them: the frames folder, and the
+video with the clip's sound; the page shows each frame as it is finished. Stop keeps the
+frames finished so far, and the video of them.
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import time
 from collections.abc import Iterator
@@ -16,13 +15,12 @@ from pathlib import Path
 
 import cnnvis
 from cnnvis.errors import Interrupted, UserError
-from cnnvis.frames import FrameStore
 from cnnvis.plan import new_seed
-from cnnvis.recording import option_argv, pixel_settings, recorded_text
-from cnnvis.settings import (AnimationOptions, CommandOptions, DreamOptions, check_seed,
+from cnnvis.recording import option_argv
+from cnnvis.settings import (AnimationOptions, CommandOptions, DreamOptions, check_seed, default,
                              options_from_keywords)
 from cnnvis.studio_runs import Done, Session, Steps, Studio, in_worker, named_as_uploaded
-from cnnvis.video import DEFAULT_FPS, VideoInput, video_writer
+from cnnvis.video import VideoInput
 
 # The animation options of each kind of video that the video tab shows (the others keep
 # the table's defaults).
@@ -83,12 +81,12 @@ def run_video(studio: Studio, session: Session, video_path: str | None,
                                                AnimationOptions)
     seed = check_seed(seed)
     with contextlib.ExitStack() as stack:
-        video = photo = None
+        video = None
         if zoom:
-            photo = studio.photo(photo_path)
+            studio.photo(photo_path)   # checked as uploads are
         else:
             video = stack.enter_context(open_video(studio, video_path))
-        model = studio.model(model_name)
+        model = studio.model(model_name)   # a preset of the list; loaded once, and checked
         seed = new_seed() if seed is None else seed
         number = studio.next_run()
         print(f"cnn-vis studio: run {number} (a video) for session {session.folder.name} "
@@ -99,41 +97,40 @@ def run_video(studio: Studio, session: Session, video_path: str | None,
                                  output_file="dream.mp4", input_video=name if video else None,
                                  initial_image=None if video else name)
         argv = option_argv(command, options, animation)
-        store = FrameStore(output, depth, recorded_text(model.name, seed, argv, True),
-                           pixel_settings(command, options, animation, seed=seed))
         # The frames a clip of unknown length may give: no more than the limit's seconds.
         last = math.ceil(studio.max_seconds * video.fps) if video else None
         total = min(video.frame_count or last, last) if video else animation.frames
-        steps = Steps(session)
-        keywords = {**dataclasses.asdict(options), **dataclasses.asdict(animation)}
+        source = dict(input_video=video_path, end_frame=last) if video else dict(
+            initial_image=photo_path)
+        keywords = {**values, **animation_values, **source, "model": model.name, "seed": seed,
+                    "output_depth": depth, "output_file": str(output), "iter_behavior": "",
+                    "gpu": -1 if studio.device == "cpu" else default("gpu")}
 
         def work(put) -> tuple[int, str | None]:
-            if video:
-                frames = cnnvis.dream_video(video.frames(1, last), model, seed=seed, depth=depth,
-                                            progress=steps, **keywords)
-            else:
-                frames = cnnvis.animate(photo, model, seed=seed, depth=depth, progress=steps,
-                                        **keywords)
-            ended = None
-            with video_writer(output, video.fps if video else DEFAULT_FPS, video) as writer:
-                try:
-                    for frame in frames:
-                        store.save(frame.number, frame.rgb)
-                        writer.write(frame.rgb)
-                        put(frame.number)
-                except Interrupted:
-                    ended = f"stopped after {writer.count} of {total} frames"
-                except UserError as error:   # the frames finished before it make the video
-                    if writer.count == 0:
-                        raise
-                    ended = f"{error}; the video has the {writer.count} frames before it"
-            return writer.count, ended
+            made: list[int] = []
+
+            def done(frame: int, png: Path) -> None:
+                made.append(frame)
+                put((frame, png))
+            try:
+                outcome = cnnvis.make(command_line=argv, progress=Steps(session),
+                                      frame_done=done, **keywords)
+            except Interrupted:   # before the first frame was finished
+                return 0, None
+            except UserError as error:   # the frames finished before it make the video
+                if not made:
+                    raise
+                # Its own files by their names, as the page shows them.
+                return len(made), str(error).replace(f"{session.folder}/", "")
+            return len(made), (f"stopped after {len(made)} of {total} frames"
+                               if outcome.stopped else None)
 
         started, shown = time.monotonic(), []
         with contextlib.closing(in_worker(work, f"studio-run-{number}", session.stop)) as items:
             for item in items:
-                if isinstance(item, int):
-                    shown.append((str(store.path(item)), f"frame {item}"))
+                if isinstance(item, tuple):
+                    frame, png = item
+                    shown.append((str(png), f"frame {frame}"))
                 if not isinstance(item, Done):
                     yield VideoUpdate(list(shown), _progress(len(shown), total, started))
                     continue

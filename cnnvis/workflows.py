@@ -11,7 +11,7 @@ The same keywords give the same files, bit for bit, as the same command line;
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,17 +32,27 @@ from cnnvis.sequence import write_sequence
 from cnnvis.settings import VIDEO_SUFFIXES, default
 
 
-def make(*, command_line: Sequence[str] | None = None, **options) -> Outcome:
+def make(*, command_line: Sequence[str] | None = None,
+         progress: Callable[[int, int], None] | None = None,
+         frame_done: Callable[[int, Path], None] | None = None, **options) -> Outcome:
     """Make what the options ask for: a zoom sequence or dreamed video (--frames,
     --input_video, a video --output_file), many pictures (a --target_neuron list, a folder
-    or pattern of --initial_image files), or one picture."""
+    or pattern of --initial_image files), or one picture.
+
+    For a sequence made here (not in chunks), `progress(size_index, step)` is called at
+    every step (raising `cnnvis.Interrupted` there stops the run as Ctrl-C does, keeping
+    the finished frames), and `frame_done(number, png)` once each frame is in the folder
+    and in the video."""
     request = Request.from_keywords(command_line, **options)
     command = request.command
     images = image_files(command.initial_image) if command.initial_image else None
     if (command.input_video or request.animation.frames > 1
             or request.output.suffix.lower() in VIDEO_SUFFIXES):
         _check_no_jobs(request, images, "a sequence", pools=False)   # a video's chunks use them
-        return write_sequence(request)
+        return write_sequence(request, progress, frame_done)
+    if progress is not None or frame_done is not None:
+        raise TypeError("progress and frame_done are the callbacks of a zoom sequence or a "
+                        "dreamed video; cnnvis.dream reports a picture's steps")
     _check_no_sequence(request)
     if request.neurons is not None or images is not None:
         return write_jobs(request, images)

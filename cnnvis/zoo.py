@@ -127,8 +127,10 @@ def looks_like(model: ModelPreset, layers: list[str]) -> dict[str, str]:
 
 def preset(name: str) -> ModelPreset:
     if name not in PRESETS:
+        own = ("; a network of one's own is FILE.onnx, FILE.py:FUNCTION, torchvision:NAME or "
+               "timm:NAME" if ":" in name or "." in name else "")
         raise UserError(f"unknown model '{name}'; --model takes one of: {', '.join(PRESETS)} "
-                        "(--list_models describes them).")
+                        f"(--list_models describes them){own}.")
     return PRESETS[name]
 
 

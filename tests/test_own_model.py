@@ -209,6 +209,12 @@ def test_the_command_lines_input_options_are_the_apis_keywords(model_file, tmp_p
                              seed=0, target_layer="1", num_steps=3)
         assert not np.array_equal(np.asarray(made.convert("RGB")), np.asarray(plain))
     capsys.readouterr()
+    refused([f"--model={model_file}:make", "--input_mean", "0.5,0.5", "--gpu", "-1",
+             "--output_file", str(tmp_path / "two.png")], capsys, tmp_path / "two.png",
+            "--input_mean 0.5,0.5: give three numbers", "one per channel")
+    refused(["--model", "clip.mp4:make", "--gpu", "-1", "--output_file", str(tmp_path / "v.png")],
+            capsys, tmp_path / "v.png", "unknown model 'clip.mp4:make'",
+            "a network of one's own is FILE.onnx, FILE.py:FUNCTION")
     refused(["--model", "efficientnet_lite0", "--input_mean", "0.5,0.5,0.5", "--gpu", "-1",
              "--output_file", str(tmp_path / "preset.png")], capsys, tmp_path / "preset.png",
             "--input_mean: for a network of one's own", "efficientnet_lite0 has its own input")

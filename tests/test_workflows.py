@@ -65,6 +65,34 @@ def test_keywords_alone_record_their_own_command(tiny_model, tmp_path, photo):
     assert (cv2.imread(str(first)) == cv2.imread(str(again))).all()
 
 
+def test_a_sequence_reports_its_steps_and_frames_and_stops_where_its_progress_says(
+        tiny_model, tmp_path):
+    """progress(size_index, step) at every step, frame_done(number, png) once a frame is in
+    the folder and the video; Interrupted from progress stops as Ctrl-C does."""
+    deploy, weights = tiny_model[1], tiny_model[3]
+    steps, done = [], []
+
+    def progress(size_index, step):
+        steps.append((size_index, step))
+        if len(done) == 2:
+            raise cnnvis.Interrupted()
+
+    out = tmp_path / "zoom.mp4"
+    outcome = cnnvis.make(deploy_txt=deploy, caffe_model=weights, gpu=-1, target_layer="conv2",
+                          num_steps=3, frame_steps=2, frames=5, zoom=1.05, initial_size="24x32",
+                          iter_behavior="", seed=0, output_file=str(out), progress=progress,
+                          frame_done=lambda number, png: done.append((number, png.name)))
+    assert isinstance(outcome.stopped, KeyboardInterrupt)
+    assert done == [(1, "000001.png"), (2, "000002.png")]
+    # Frame 1: 3 steps of its one size (sizes count from 1); frame 2: 2; frame 3: stopped at 1.
+    assert steps == [(1, 1), (1, 2), (1, 3), (1, 1), (1, 2), (1, 1)]
+    assert sorted(path.name for path in (tmp_path / "zoom_frames").iterdir()) == ["000001.png",
+                                                                                 "000002.png"]
+    with pytest.raises(TypeError, match="callbacks of a zoom sequence or a dreamed video"):
+        cnnvis.make(deploy_txt=deploy, caffe_model=weights, gpu=-1, target_layer="conv2",
+                    output_file=str(tmp_path / "one.png"), progress=progress)
+
+
 def test_list_layers_comes_from_the_model(model_files):
     deploy, _ = model_files
     layers = dict(cnnvis.list_layers(deploy_txt=str(deploy)))
