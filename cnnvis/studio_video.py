@@ -25,7 +25,7 @@ from cnnvis.video import VideoInput
 # The animation options of each kind of video that the video tab shows (the others keep
 # the table's defaults).
 ZOOM_OPTIONS = ("frames", "zoom", "rotate", "frame_steps")
-VIDEO_OPTIONS = ("frame_steps", "blend")
+VIDEO_OPTIONS = ("frame_steps", "coherence")
 
 # How the command line's messages about --input_video read in the studio.
 STUDIO_WORDS = {" (--input_video)": "",

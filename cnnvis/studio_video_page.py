@@ -40,6 +40,7 @@ def video_tab(studio: Studio, queued: Callable, stops: Callable, session_of: Cal
                 animation = [option_component(name, "video") for name in SHOWN]
                 for name, control in zip(SHOWN, animation):
                     control.value = PAGE_DEFAULTS.get(name, control.value)
+                    control.visible = name in VIDEO_OPTIONS   # the clip's, chosen at first
                 with gr.Row():
                     start = gr.Button("Make the video", variant="primary", elem_id="make-video")
                     stop = gr.Button("Stop", variant="stop", elem_id="video-stop")
@@ -47,7 +48,7 @@ def video_tab(studio: Studio, queued: Callable, stops: Callable, session_of: Cal
                 progress = gr.Markdown(elem_id="video-progress")
                 frames = gr.Gallery(label="frames, as they are made", columns=6, height=240,
                                     fit_columns=False, allow_preview=False,
-                                    elem_id="video-frames")
+                                    elem_id="video-made")
                 video = gr.Video(label="video", interactive=False, elem_id="video")
                 download = gr.DownloadButton("Download the video", elem_id="video-download")
                 command = gr.Code(label="equivalent command line", language="shell",
@@ -75,6 +76,13 @@ def video_tab(studio: Studio, queued: Callable, stops: Callable, session_of: Cal
         except UserError as error:
             raise gr.Error(str(error), print_exception=False) from None
 
+    def show_controls(source_name):
+        """The clip's upload and the options of the kind of video chosen, the others hidden."""
+        chosen = ZOOM_OPTIONS if source_name == ZOOM else VIDEO_OPTIONS
+        return (gr.update(visible=source_name == CLIP),
+                *(gr.update(visible=name in chosen) for name in SHOWN))
+
+    source.change(show_controls, [source], [clip, *animation])
     queued(start, make_video, [source, clip, *picture, *animation, *panel],
            [frames, progress, video, download, command], "video")
     stops(stop)

@@ -453,13 +453,14 @@ def test_in_a_browser_a_clip_is_dreamed_its_frames_shown_as_they_come_and_downlo
     page.locator("#make-video").click()
     counts, deadline = [], time.monotonic() + 120
     while (not counts or counts[-1] < 3) and time.monotonic() < deadline:
-        count = page.locator("#video-frames img").count()
+        count = page.locator("#video-made img").count()
         if not counts or count != counts[-1]:
             counts.append(count)
         time.sleep(0.05)
     assert counts[-1] == 3 and (1 in counts or 2 in counts)   # frames came one by one
     expect(page.locator("#video-progress")).to_contain_text(re.compile(r"3 frames, in \d+ s"))
     expect(page.locator("#video-command")).to_contain_text("--input_video clip.mp4")
+    page.screenshot(path=tmp_path / "video_tab.png", full_page=True)   # to look at
     with page.expect_download() as download:
         page.locator("#video-download").click()
     video = tmp_path / "downloaded.mp4"
@@ -481,6 +482,14 @@ def test_in_a_browser_a_clip_is_dreamed_its_frames_shown_as_they_come_and_downlo
     page.get_by_text(re.compile("cannot read video 'broken.mp4': not a video FFmpeg can "
                                 "decode")).first.wait_for()
     assert studio.process.poll() is None
+    # A zoom shows its camera's controls instead of the clip's upload and coherence.
+    expect(page.locator("#video-zoom")).to_be_hidden()
+    expect(page.locator("#video-coherence")).to_be_visible()
+    page.get_by_label("a zoom into the picture tab's photo").check()
+    expect(page.locator("#video-zoom")).to_be_visible()
+    expect(page.locator("#clip")).to_be_hidden()
+    expect(page.locator("#video-coherence")).to_be_hidden()
+    page.screenshot(path=tmp_path / "zoom_tab.png", full_page=True)   # to look at
 
 
 @needs_gradio
