@@ -17,6 +17,7 @@ so that a run resumed from them continues exactly.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -45,7 +46,8 @@ StoredChunkFrames = Callable[[int, "int | None"], "np.ndarray | None"]
 class ChunkFrame:
     """A frame of a video in chunks: `raw` (chunk `chunk`'s own dream of a cross-faded frame,
     kept so that a resumed run can continue from it) or what the video shows (made by chunk
-    `chunk`, or 0: a cross-fade of two); `made` is False for a frame stored before."""
+    `chunk`, or 0: a cross-fade of two); `made` is False for a frame stored before (a
+    cross-fade is made each time from its two raw frames)."""
 
     number: int
     chunk: int
@@ -214,14 +216,15 @@ class _Schedule:
                 while len(runs) < self.pool.slots and (opened := self.layout.next_chunk()):
                     run = _ChunkRun(*opened, next=opened[0].first)
                     yield from self._resumed(run)
-                    runs.append(run)
+                    if run.next <= run.chunk.last:   # not stored whole before
+                        runs.append(run)
                 for run in runs:
                     if not run.running and run.next <= run.chunk.last:
                         numbers = tuple(range(run.next, min(run.next + SEGMENT, run.chunk.last + 1)))
                         segment = _Segment(numbers, run.previous)
                         handles[self.pool.submit(segment, [run.photos[n] for n in numbers])] = (run, segment)
                         run.running = True
-                if not handles:
+                if not handles:   # every chunk is done
                     return
                 for handle, outcome in self.pool.wait(list(handles)):
                     run, segment = handles.pop(handle)
@@ -274,9 +277,24 @@ class _Schedule:
         yield ChunkFrame(number, 0, crossfade(ending, starting, weight, self.depth), raw=False)
 
 
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """PyTorch on one CPU thread, as it was after. PyTorch's CPU sums depend on the number of
+    threads, and RMSProp's first steps (of about the size of the learning rate, whatever
+    the gradient's) carry a difference in the last bit into the picture: a 640x360 frame of
+    efficientnet_lite0 differs by 25 grey levels on average between 1 and 2 threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _dream_segment(model: VisModel, plan: SequencePlan, segment: _Segment,
                    photos: list[np.ndarray]) -> list[np.ndarray] | str:
-    """A task in a worker: the segment's frames, or why they could not be made."""
+    """A task: the segment's frames, or why they could not be made; on one CPU thread,
+    so that they are the same wherever the task runs."""
     frames = list(zip(segment.numbers, photos))
     stored = None
     if segment.previous is not None:
@@ -284,7 +302,8 @@ def _dream_segment(model: VisModel, plan: SequencePlan, segment: _Segment,
         frames.insert(0, (number, photo))
         stored = {number: rgb}.get
     try:
-        made = [frame.rgb for frame in video_dream_frames(plan, model, frames, stored=stored)]
+        with _one_thread():
+            made = [frame.rgb for frame in video_dream_frames(plan, model, frames, stored=stored)]
     except UserError as error:   # also NonFiniteImage
         return str(error)
     return made[1:] if segment.previous is not None else made

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import cnnvis
@@ -81,6 +82,32 @@ def test_chunks_are_the_same_here_in_workers_and_resumed_from_any_frame(spec, cl
     assert made(resumed).keys() == here.keys()
     for key, rgb in made(resumed).items():
         assert np.array_equal(rgb, here[key]), key
+    # Resumed with every frame stored, all come back and none is made again.
+    whole = list(cnnvis.dream_video_chunks(clip, spec, seed=4, stored=lambda n, c: here[n, c],
+                                           **OPTIONS))
+    assert made(whole).keys() == here.keys()
+    # (A cross-fade is made again from its two stored frames: it may not be in the folder.)
+    assert [frame.number for frame in whole if frame.made] == [6, 7, 11, 12]
+    assert all(frame.chunk == 0 for frame in whole if frame.made)
+
+
+def test_chunks_of_a_real_network_are_the_same_here_as_in_workers_whatever_the_threads():
+    """On efficientnet_lite0 a frame made with 1 thread and with 2 differs (PyTorch's sums,
+    carried into the picture by RMSProp); each chunk's task runs on one thread."""
+    frames = list(enumerate(moving_square_frames(5, (224, 232), speed=3, side=60), 1))
+    options = dict(target_layer="stage5/block3", num_steps=3, output_iter=1000, chunk_frames=3,
+                   warmup_frames=1, seed=0)
+    spec = cnnvis.ModelSpec("efficientnet_lite0", device="cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        here = made(cnnvis.dream_video_chunks(frames, spec, **options))
+        assert torch.get_num_threads() == 2   # as it was
+    finally:
+        torch.set_num_threads(threads)
+    in_workers = made(cnnvis.dream_video_chunks(frames, spec, workers=2, **options))
+    assert here.keys() == in_workers.keys() and len(here) == 7
+    assert all(np.array_equal(here[key], in_workers[key]) for key in here)
 
 
 def test_frames_in_order_gives_the_shown_frames_in_order_whatever_order_they_come_in():
@@ -177,6 +204,11 @@ def test_an_interrupted_video_in_chunks_keeps_its_frames_and_resumes_to_the_same
     resumed = frame_pixels(tmp_path / "parts_frames")
     assert resumed.keys() == whole.keys()
     assert all(np.array_equal(whole[key], resumed[key]) for key in whole)
+    assert all(np.array_equal(a, b) for a, b in zip(read_video(tmp_path / "whole.mp4")[0],
+                                                   read_video(tmp_path / "parts.mp4")[0], strict=True))
+    # Resumed once more, with every frame in the folder: the same video, nothing made.
+    assert main(argv + ["--output_file", str(tmp_path / "parts.mp4"), "--resume"]) == 0
+    assert "wrote" in capsys.readouterr().err
     assert all(np.array_equal(a, b) for a, b in zip(read_video(tmp_path / "whole.mp4")[0],
                                                    read_video(tmp_path / "parts.mp4")[0], strict=True))
 
