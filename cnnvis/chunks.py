@@ -166,9 +166,10 @@ class _Layout:
         kept = self.ahead[0]
         while self.ahead is not None and len(photos) < len(self.carried) + self.length:
             number, photo = self.ahead
-            if number != kept + len(photos) - len(self.carried):
-                raise ValueError(f"video frames are numbered one after the other, not {number} "
-                                 f"after {number - 1}")
+            due = kept + len(photos) - len(self.carried)
+            if number != due:
+                raise ValueError(f"video frames are numbered one after the other: frame "
+                                 f"{number} came where frame {due} was due")
             photos[number] = photo
             self.ahead = next(self.frames, None)
         self.count += 1

@@ -117,6 +117,11 @@ def test_frames_in_order_gives_the_shown_frames_in_order_whatever_order_they_com
     assert [frame.number for frame in cnnvis.frames_in_order(came, first=4)] == [4, 5, 6, 7]
 
 
+def test_frames_out_of_order_are_refused(spec, clip):
+    with pytest.raises(ValueError, match="frame 6 came where frame 5 was due"):
+        list(cnnvis.dream_video_chunks(clip[:2] + clip[3:], spec, seed=0, **OPTIONS))
+
+
 def test_dream_video_says_where_chunks_are_made(spec, clip):
     with pytest.raises(TypeError, match="cnnvis.dream_video_chunks makes it"):
         next(iter(cnnvis.dream_video(clip, spec.load(), chunk_frames=5)))
