@@ -106,3 +106,19 @@ def avi_declaring(path: Path, size: tuple[int, int], frames: int = 3) -> Path:
     struct.pack_into("<ii", data, strf + 4, width, -height)   # negative: rows top-down
     path.write_bytes(bytes(data))
     return path
+
+
+def frames_encoded(monkeypatch) -> dict[int, list[bytes]]:
+    """The frames each video writer made from now on is given, in order (one list per
+    writer, in the order they were made): what a video holds, before the lossy encoder (whose bytes, for the same frames,
+    have been seen to differ now and then under load)."""
+    from cnnvis.video import VideoWriter
+    writers: dict[int, list[bytes]] = {}
+    write = VideoWriter.write
+
+    def recorded(writer, rgb):
+        writers.setdefault(id(writer), []).append(np.ascontiguousarray(rgb).tobytes())
+        write(writer, rgb)
+
+    monkeypatch.setattr(VideoWriter, "write", recorded)
+    return writers
