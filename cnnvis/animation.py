@@ -220,15 +220,28 @@ def dream_video(video_frames: Iterable[tuple[int, np.ndarray]], model: VisModel,
     if options.get("chunk_frames") is not None:
         raise TypeError("chunk_frames cuts a video into chunks: cnnvis.dream_video_chunks "
                         "makes it")
+    planned = plan_video(video_frames, options, input_size=model.input_size,
+                         device=model.device, seed=seed, guide=guide, mask=mask, depth=depth)
+    if planned is None:
+        return iter(())
+    plan, video_frames = planned
+    return video_dream_frames(plan, model, video_frames, callback=callback, progress=progress,
+                              stored=stored)
+
+
+def plan_video(video_frames: Iterable[tuple[int, np.ndarray]], options: dict, *,
+               input_size: tuple[int, int], device: torch.device, seed: int | None,
+               guide: ImageInput, mask: ImageInput, depth: int
+               ) -> tuple[SequencePlan, Iterator[tuple[int, np.ndarray]]] | None:
+    """`plan_sequence` for a video of its first frame's size, and the video's frames, that
+    one included (None: the video has no frames)."""
     video_frames = iter(video_frames)
     first = next(video_frames, None)
     if first is None:
-        return iter(())
-    plan = plan_sequence(options, photo_size=as_photo(first[1]).shape[:2],
-                         input_size=model.input_size, device=model.device, seed=seed,
-                         guide=guide, mask=mask, depth=depth)
-    return video_dream_frames(plan, model, itertools.chain([first], video_frames),
-                              callback=callback, progress=progress, stored=stored)
+        return None
+    plan = plan_sequence(options, photo_size=as_photo(first[1]).shape[:2], input_size=input_size,
+                         device=device, seed=seed, guide=guide, mask=mask, depth=depth)
+    return plan, itertools.chain([first], video_frames)
 
 
 def video_dream_frames(plan: SequencePlan, model: VisModel,

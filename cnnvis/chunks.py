@@ -18,7 +18,6 @@ so that a run resumed from them continues exactly.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -26,15 +25,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cnnvis.animation import SequencePlan, plan_sequence, stored_levels, video_dream_frames
+from cnnvis.animation import SequencePlan, plan_video, stored_levels, video_dream_frames
 from cnnvis.errors import UserError
-from cnnvis.imageio import ImageInput, as_photo
+from cnnvis.imageio import ImageInput
 from cnnvis.model import VisModel
 from cnnvis.pixels import MAX_LEVEL
 from cnnvis.plan import check_model
 from cnnvis.pools import RETRIES, WORKER_DIED, open_pool
 from cnnvis.settings import CommandOptions, default
-from cnnvis.zoo import ModelSpec, default_device, torch_device
+from cnnvis.zoo import ModelSpec, resolved_device
 
 DEFAULT_CHUNK_FRAMES = 48   # where --workers or --ray run a video and --chunk_frames is not given
 SEGMENT = 6   # frames of one task: what a Ctrl-C or a dead worker can cost a chunk
@@ -87,17 +86,16 @@ def dream_video_chunks(video_frames: Iterable[tuple[int, np.ndarray]],
     None: the video's frame) made before, or None.
     """
     check_model(model, specs=True)
-    video_frames = iter(video_frames)
-    first = next(video_frames, None)
-    if first is None:
+    loaded = isinstance(model, VisModel)
+    planned = plan_video(video_frames, {"chunk_frames": DEFAULT_CHUNK_FRAMES, **options},
+                         input_size=model.input_size if loaded else model.input_size(),
+                         device=model.device if loaded else resolved_device(model.device),
+                         seed=seed, guide=guide, mask=mask, depth=depth)
+    if planned is None:
         return iter(())
-    options.setdefault("chunk_frames", DEFAULT_CHUNK_FRAMES)
-    plan = plan_sequence(options, photo_size=as_photo(first[1]).shape[:2],
-                         input_size=model.input_size if isinstance(model, VisModel)
-                         else model.input_size(), device=_device(model), seed=seed,
-                         guide=guide, mask=mask, depth=depth)
-    return chunked_frames(plan, model, itertools.chain([first], video_frames), workers=workers,
-                          ray=ray, ray_timeout=ray_timeout, stored=stored)
+    plan, video_frames = planned
+    return chunked_frames(plan, model, video_frames, workers=workers, ray=ray,
+                          ray_timeout=ray_timeout, stored=stored)
 
 
 def chunked_frames(plan: SequencePlan, model: VisModel | ModelSpec,
@@ -114,12 +112,6 @@ def chunked_frames(plan: SequencePlan, model: VisModel | ModelSpec,
     layout = _Layout(iter(video_frames), animation.chunk_frames, animation.warmup_frames)
     pool = open_pool(model, plan, _dream_segment, workers, ray, ray_timeout)
     return _Schedule(layout, pool, plan.depth, stored or (lambda number, chunk: None)).frames()
-
-
-def _device(model: VisModel | ModelSpec) -> torch.device:
-    if isinstance(model, VisModel):
-        return model.device
-    return default_device() if model.device is None else torch_device(model.device)
 
 
 def frames_in_order(frames: Iterable[ChunkFrame], first: int = 1) -> Iterator[ChunkFrame]:
@@ -262,8 +254,6 @@ class _Schedule:
                  made: bool) -> Iterator[ChunkFrame]:
         chunk = run.chunk
         run.previous, run.next = (number, run.photos.pop(number), rgb), number + 1
-        for earlier in [n for n in run.photos if n < number]:
-            del run.photos[earlier]
         if not self._crossfaded(chunk, number):
             yield ChunkFrame(number, chunk.number, rgb, raw=False, made=made)
             return

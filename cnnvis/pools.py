@@ -33,13 +33,18 @@ WORKER_DIED = "the worker process running it died (out of memory, or killed)"
 Render = Callable[[VisModel, Any, Any, "np.ndarray | None"], Any]
 
 
+def runs_here(workers: int | None, ray: str | None) -> bool:
+    """Whether jobs given these --workers and --ray run in the caller's process."""
+    return ray is None and (workers or 1) == 1
+
+
 def open_pool(model: VisModel | ModelSpec, plan: Any, render: Render, workers: int | None,
               ray: str | None, ray_timeout: float = default("ray_timeout"),
               most: int | None = None):
     """Where jobs run: here (`workers` 1, with `model` loaded here if it is a `ModelSpec`),
     in `workers` local processes (no more than `most`: each would load the model for
     nothing) or on the Ray cluster at `ray`; the model's files are checked first, here."""
-    if ray is None and (workers or 1) == 1:
+    if runs_here(workers, ray):
         return Here(model.load() if isinstance(model, ModelSpec) else model, plan, render)
     if not isinstance(model, ModelSpec):
         raise TypeError("workers and Ray load the model themselves: give a cnnvis.ModelSpec, "

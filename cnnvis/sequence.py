@@ -21,6 +21,7 @@ from cnnvis.errors import NonFiniteImage, UserError
 from cnnvis.frames import FrameStore, recorded_frames, recorded_seed
 from cnnvis.ownership import check_own_folder
 from cnnvis.plan import check_memory, new_seed, plan_sizes
+from cnnvis.pools import runs_here
 from cnnvis.recording import pixel_settings
 from cnnvis.report import ConsoleObserver, describe_dream, parse_actions
 from cnnvis.request import Outcome, Request, read_inputs
@@ -55,8 +56,7 @@ def check_sequence(request: Request) -> None:
             raise UserError(f"--end_frame {command.end_frame} comes before --start_frame "
                             f"{command.start_frame}; give an --end_frame of at least "
                             f"{command.start_frame}.")
-        if animation.chunk_frames is None and "warmup_frames" in request.changed() \
-                and not _in_chunks(request):
+        if "warmup_frames" in request.changed() and not _in_chunks(request):
             raise UserError("--warmup_frames is the warm-up of a video in chunks; give "
                             "--chunk_frames N (or --workers, or --ray), or drop --warmup_frames.")
     else:
@@ -74,7 +74,7 @@ def _in_chunks(request: Request) -> bool:
     """Whether the request's video is dreamed in chunks."""
     command = request.command
     return bool(command.input_video) and (request.animation.chunk_frames is not None
-                                          or (command.workers or 1) > 1 or command.ray is not None)
+                                          or not runs_here(command.workers, command.ray))
 
 
 def write_sequence(request: Request, progress: Callable[[int, int], None] | None = None,
@@ -97,7 +97,8 @@ def write_sequence(request: Request, progress: Callable[[int, int], None] | None
             video.check_first_frame()
         photo_size = video.size if video else None if inputs.photo is None else inputs.photo.shape[:2]
 
-        if _in_chunks(request) and animation.chunk_frames is None:
+        chunked = _in_chunks(request)
+        if chunked and animation.chunk_frames is None:
             request = request.with_options(chunk_frames=DEFAULT_CHUNK_FRAMES)
             animation = request.animation
         seed = command.seed
@@ -112,7 +113,7 @@ def write_sequence(request: Request, progress: Callable[[int, int], None] | None
                              input_size=spec.input_size(), device=device, seed=seed,
                              guide=inputs.guide, mask=inputs.mask, depth=command.output_depth)
         # Chunks in workers or on Ray load the model there; here it names the model.
-        parallel = _in_chunks(request) and ((command.workers or 1) > 1 or command.ray is not None)
+        parallel = chunked and not runs_here(command.workers, command.ray)
         model = spec.load("cpu" if parallel else None)
         png_text = request.png_text(model.name, seed)
         store = FrameStore(output, command.output_depth, png_text,
@@ -136,7 +137,7 @@ def write_sequence(request: Request, progress: Callable[[int, int], None] | None
                                    show_size=(command.show_width, command.show_height),
                                    frames_folder=store.folder)
         stored = store.stored if command.resume else None
-        if _in_chunks(request):
+        if chunked:
             sequence = chunked_frames(plan, spec if parallel else model,
                                       video.frames(command.start_frame, command.end_frame),
                                       workers=command.workers, ray=command.ray,

@@ -274,16 +274,14 @@ class ModelSpec:
 
     def load(self, device: str | torch.device | None = None) -> VisModel:
         """The model, on `device` (default: the spec's)."""
-        device = device or self.device
+        device = resolved_device(device or self.device)
         if is_own_model(self.name):
             check_own_choices(self.name, self.deploy_txt, self.caffe_model, self.backend)
-            return load_own_model(self.name, device=default_device() if device is None
-                                  else torch_device(device), precision=self.precision,
+            return load_own_model(self.name, device=device, precision=self.precision,
                                   mean_bgr=self.mean_bgr, **dict(self.preprocessing))
         self._check_no_preprocessing()
         return load_model(self.name, _text(self.deploy_txt), _text(self.caffe_model),
-                          self.mean_bgr, default_device() if device is None
-                          else torch_device(device), self.backend, self.precision)
+                          self.mean_bgr, device, self.backend, self.precision)
 
     def check(self, device: bool = True) -> None:
         """What `load` would refuse, found without loading any weights: the preset, the
@@ -292,14 +290,13 @@ class ModelSpec:
         of one's own is built (random weights for a library's)."""
         if is_own_model(self.name):
             check_own_choices(self.name, self.deploy_txt, self.caffe_model, self.backend)
-            check_precision(self.precision, torch.device("cuda") if not device else
-                            default_device() if self.device is None else torch_device(self.device))
+            check_precision(self.precision, resolved_device(self.device) if device
+                            else torch.device("cuda"))
             self.input_size()
             return
         self._check_no_preprocessing()
         check_choices(self.name, self.deploy_txt, self.caffe_model, self.backend,
-                      self.precision, (default_device() if self.device is None
-                                       else torch_device(self.device)) if device else None)
+                      self.precision, resolved_device(self.device) if device else None)
         self.input_size()
         if self.caffe_model is not None:
             with open_input(self.caffe_model, "weights file (caffemodel)", "--caffe_model"):
@@ -343,6 +340,11 @@ def default_device() -> torch.device:
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def resolved_device(device: str | torch.device | int | None) -> torch.device:
+    """`device` as a torch.device; None: the GPU if there is one, else the CPU."""
+    return default_device() if device is None else torch_device(device)
 
 
 def torch_device(device: str | torch.device | int) -> torch.device:
